@@ -1,0 +1,235 @@
+"""The class registry: YAML `type:` names resolve here, and only here.
+
+Mirrors MindFormers' `mindformers/tools/register/register.py`: `MindFormerModuleType` holds the 27
+module types, `MindFormerRegister` maps `(module_type, name) -> class`. Two differences, both for
+safety: registering a *different* class under a name already taken is an error (re-registering the
+same class, e.g. on a module reload, is fine), and `auto_register` imports the user's file straight
+from the register path instead of copying it into a cache under the current directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["MindFormerModuleType", "MindFormerRegister", "RegistryError"]
+
+REGISTER_PATH_ENV = "REGISTER_PATH"
+
+
+class RegistryError(ValueError):
+    """A lookup, registration or `auto_register` failed because of the user's input."""
+
+
+class MindFormerModuleType:
+    """Module types of the registry (the same 27 string constants as MindFormers)."""
+
+    TRAINER = "trainer"
+    PIPELINE = "pipeline"
+    PROCESSOR = "processor"
+    TOKENIZER = "tokenizer"
+    DATASET = "dataset"
+    MASK_POLICY = "mask_policy"
+    DATASET_LOADER = "dataset_loader"
+    DATASET_SAMPLER = "dataset_sampler"
+    TRANSFORMS = "transforms"
+    ENCODER = "encoder"
+    MODELS = "models"
+    MODULES = "modules"
+    TRANSFORMER = "transformer"
+    BASE_LAYER = "base_layer"
+    CORE = "core"
+    HEAD = "head"
+    LOSS = "loss"
+    LR = "lr"
+    OPTIMIZER = "optimizer"
+    CONTEXT = "context"
+    CALLBACK = "callback"
+    WRAPPER = "wrapper"
+    METRIC = "metric"
+    CONFIG = "config"
+    TOOLS = "tools"
+    FEATURE_EXTRACTOR = "feature_extractor"
+    DATA_HANDLER = "data_handler"
+
+    @classmethod
+    def all(cls) -> list[str]:
+        return [v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str)]
+
+
+class MindFormerRegister:
+    """Registry of classes by module type and name (all methods are classmethods)."""
+
+    registry: dict[str, dict[str, type]] = {}
+
+    @classmethod
+    def register(cls, module_type: str = MindFormerModuleType.TOOLS, alias: str | None = None):
+        """Decorator: `@MindFormerRegister.register(MindFormerModuleType.MODELS)`."""
+
+        def wrapper(register_class):
+            cls.register_cls(register_class, module_type=module_type, alias=alias)
+            return register_class
+
+        return wrapper
+
+    @classmethod
+    def register_cls(cls, register_class, module_type: str = MindFormerModuleType.TOOLS, alias: str | None = None):
+        """Register `register_class` under `alias` or its own `__name__`."""
+        name = alias if alias is not None else register_class.__name__
+        table = cls.registry.setdefault(module_type, {})
+        existing = table.get(name)
+        if existing is not None and existing is not register_class and not _same_class(existing, register_class):
+            raise RegistryError(
+                f"{module_type} registry: the name {name!r} is already taken by "
+                f"{existing.__module__}.{existing.__qualname__}; cannot register "
+                f"{register_class.__module__}.{register_class.__qualname__} under it (pass alias= to rename)"
+            )
+        table[name] = register_class
+        return register_class
+
+    @classmethod
+    def is_exist(cls, module_type: str, class_name: str | None = None) -> bool:
+        if class_name is None:
+            return module_type in cls.registry
+        return class_name in cls.registry.get(module_type, {})
+
+    @classmethod
+    def get_cls(cls, module_type: str, class_name: str):
+        """Return the class registered as `class_name`, or raise naming what is registered."""
+        table = cls.registry.get(module_type, {})
+        if class_name in table:
+            return table[class_name]
+        known = ", ".join(sorted(table)) or "nothing"
+        hint = _did_you_mean(class_name, table)
+        raise RegistryError(
+            f"Can't find class type {module_type} class name {class_name} in class registry"
+            f"{hint} (registered {module_type} classes: {known}). A class outside the library needs "
+            f"'auto_register: <module_file>.{class_name}' in its YAML block and --register_path DIR."
+        )
+
+    @classmethod
+    def get_instance_from_cfg(cls, cfg: Mapping, module_type: str = MindFormerModuleType.TOOLS, default_args=None):
+        """Build an instance from a config block `{type: Name, **kwargs}`.
+
+        `auto_register` in the block is honoured (and removed from it). `type` may be a registered
+        name or a class. `default_args` override values of the same key in the block.
+        """
+        if not isinstance(cfg, Mapping):
+            raise RegistryError(f"a {module_type} config must be a mapping with a 'type' key, got {type(cfg).__name__}")
+        if "auto_register" in cfg:
+            cls.auto_register(_pop(cfg, "auto_register"), module_type)
+        if "type" not in cfg:
+            raise RegistryError(f"the {module_type} config {dict(cfg)!r} has no 'type' key")
+        args = {k: v for k, v in copy.copy(dict(cfg)).items()}
+        if default_args is not None:
+            args.update(dict(default_args))
+        obj_type = args.pop("type")
+        if isinstance(obj_type, str):
+            obj_cls = cls.get_cls(module_type, obj_type)
+        elif isinstance(obj_type, type):
+            obj_cls = obj_type
+        else:
+            raise RegistryError(f"'type' of a {module_type} config must be a class name or a class, got {obj_type!r}")
+        return _instantiate(obj_cls, args)
+
+    @classmethod
+    def get_instance(cls, module_type: str = MindFormerModuleType.TOOLS, class_name: str | None = None, **kwargs):
+        if not isinstance(class_name, str):
+            raise RegistryError(f"class_name must be a string, got {class_name!r}")
+        return _instantiate(cls.get_cls(module_type, class_name), kwargs)
+
+    @classmethod
+    def auto_register(cls, class_reference: str, module_type: str = MindFormerModuleType.TOOLS):
+        """Import `module_file.ClassName` from the register path and register the class.
+
+        The register path comes from the environment variable `REGISTER_PATH`, which
+        `run_mindformer.py --register_path DIR` sets. Returns the class.
+        """
+        if not isinstance(class_reference, str) or class_reference.count(".") != 1:
+            raise RegistryError(
+                f"auto_register expects 'module_file.ClassName' (one dot), got {class_reference!r}"
+            )
+        module_file, class_name = class_reference.split(".")
+        register_path = os.environ.get(REGISTER_PATH_ENV, "")
+        if not register_path:
+            raise RegistryError(
+                f"auto_register: {class_reference!r} needs a register path: pass --register_path DIR to "
+                f"run_mindformer.py or set the environment variable {REGISTER_PATH_ENV}"
+            )
+        folder = Path(register_path).expanduser().resolve()
+        if not folder.is_dir():
+            raise RegistryError(f"auto_register: the register path {str(folder)!r} is not a folder")
+        module = import_module_from_folder(folder, module_file)
+        if not hasattr(module, class_name):
+            defined = sorted(n for n, v in vars(module).items() if isinstance(v, type) and v.__module__ == module.__name__)
+            raise RegistryError(
+                f"auto_register: {folder / (module_file + '.py')} has no class {class_name!r}"
+                f" (classes defined there: {', '.join(defined) or 'none'})"
+            )
+        module_class = getattr(module, class_name)
+        cls.register_cls(module_class, module_type=module_type)
+        return module_class
+
+
+def import_module_from_folder(folder: Path, module_file: str):
+    """Import `folder/module_file.py` under its plain name, with `folder` on `sys.path`.
+
+    The folder goes on `sys.path` so the user's file can import its siblings by plain name, the way
+    MindFormers' research code does. A module of that name already imported from the same file is
+    reused.
+    """
+    path = folder / f"{module_file}.py"
+    if not path.is_file():
+        raise RegistryError(f"auto_register: the file {path} does not exist (register path {folder})")
+    loaded = sys.modules.get(module_file)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
+        return loaded
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    spec = importlib.util.spec_from_file_location(module_file, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_file] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[module_file]
+        raise RegistryError(f"auto_register: importing {path} failed: {type(err).__name__}: {err}") from err
+    return module
+
+
+def _instantiate(obj_cls, args: dict):
+    try:
+        return obj_cls(**args)
+    except Exception as err:
+        name = getattr(obj_cls, "__name__", str(obj_cls))
+        message = f"{name}: {err}"
+        try:
+            new_err = type(err)(message)
+        except Exception:  # exception types with other constructors
+            raise RuntimeError(message) from err
+        raise new_err.with_traceback(err.__traceback__) from err
+
+
+def _pop(cfg, key):
+    value = cfg[key]
+    try:
+        del cfg[key]
+    except TypeError:  # immutable mapping: leave it as it is
+        pass
+    return value
+
+
+def _same_class(a, b) -> bool:
+    """The same class defined twice (a module imported again, e.g. by tests): not a conflict."""
+    return a.__module__ == b.__module__ and a.__qualname__ == b.__qualname__
+
+
+def _did_you_mean(name: str, candidates) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
