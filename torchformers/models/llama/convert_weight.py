@@ -1,0 +1,31 @@
+"""Llama weight names: Hugging Face `LlamaForCausalLM` <-> native (MindFormers) names.
+
+MindFormers' Llama uses rotate-half RoPE like Hugging Face's, so the conversion is a rename only:
+no transposes and no q/k permutation (MindFormers `mindformers/models/llama/convert_weight.py`).
+The bias entries serve models built on Llama with biased q/k/v projections (e.g. Qwen2).
+"""
+
+from torchformers.checkpoint.key_map import KeyMap
+
+__all__ = ["LLAMA_HF_KEY_MAP"]
+
+LLAMA_HF_KEY_MAP = KeyMap(
+    {
+        "model.embed_tokens.weight": "model.tok_embeddings.embedding_weight",
+        "model.layers.{}.input_layernorm.weight": "model.layers.{}.attention_norm.weight",
+        "model.layers.{}.self_attn.q_proj.weight": "model.layers.{}.attention.wq.weight",
+        "model.layers.{}.self_attn.k_proj.weight": "model.layers.{}.attention.wk.weight",
+        "model.layers.{}.self_attn.v_proj.weight": "model.layers.{}.attention.wv.weight",
+        "model.layers.{}.self_attn.q_proj.bias": "model.layers.{}.attention.wq.bias",
+        "model.layers.{}.self_attn.k_proj.bias": "model.layers.{}.attention.wk.bias",
+        "model.layers.{}.self_attn.v_proj.bias": "model.layers.{}.attention.wv.bias",
+        "model.layers.{}.self_attn.o_proj.weight": "model.layers.{}.attention.wo.weight",
+        "model.layers.{}.post_attention_layernorm.weight": "model.layers.{}.ffn_norm.weight",
+        "model.layers.{}.mlp.gate_proj.weight": "model.layers.{}.feed_forward.w1.weight",
+        "model.layers.{}.mlp.down_proj.weight": "model.layers.{}.feed_forward.w2.weight",
+        "model.layers.{}.mlp.up_proj.weight": "model.layers.{}.feed_forward.w3.weight",
+        "model.norm.weight": "model.norm_out.weight",
+        "lm_head.weight": "lm_head.weight",
+    },
+    name="llama",
+)
