@@ -65,10 +65,12 @@ ASSETS: dict[str, Asset] = {
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         description="SmolLM2-135M-Instruct, Q4_1 GGUF",
     ),
-    "text/wiki.utf8": Asset(EXLLAMAV2, "exllamav2/conversion/standard_cal_data/wiki.utf8",
-                            description="2.1 MB of English Wikipedia text"),
-    "text/tiny.utf8": Asset(EXLLAMAV2, "exllamav2/conversion/standard_cal_data/tiny.utf8",
-                            description="TinyStories-style text"),
+    "text/wiki.utf8": Asset(
+        EXLLAMAV2, "exllamav2/conversion/standard_cal_data/wiki.utf8", description="2.1 MB of English Wikipedia text"
+    ),
+    "text/tiny.utf8": Asset(
+        EXLLAMAV2, "exllamav2/conversion/standard_cal_data/tiny.utf8", description="TinyStories-style text"
+    ),
 }
 for _name in ("llama-spm", "llama-bpe", "qwen2"):
     ASSETS[f"vocab/ggml-vocab-{_name}.gguf"] = Asset(LLAMA_CPP, f"{_VOCAB_DIR}/ggml-vocab-{_name}.gguf")

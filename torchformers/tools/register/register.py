@@ -150,9 +150,7 @@ class MindFormerRegister:
         `run_mindformer.py --register_path DIR` sets. Returns the class.
         """
         if not isinstance(class_reference, str) or class_reference.count(".") != 1:
-            raise RegistryError(
-                f"auto_register expects 'module_file.ClassName' (one dot), got {class_reference!r}"
-            )
+            raise RegistryError(f"auto_register expects 'module_file.ClassName' (one dot), got {class_reference!r}")
         module_file, class_name = class_reference.split(".")
         register_path = os.environ.get(REGISTER_PATH_ENV, "")
         if not register_path:
@@ -165,7 +163,9 @@ class MindFormerRegister:
             raise RegistryError(f"auto_register: the register path {str(folder)!r} is not a folder")
         module = import_module_from_folder(folder, module_file)
         if not hasattr(module, class_name):
-            defined = sorted(n for n, v in vars(module).items() if isinstance(v, type) and v.__module__ == module.__name__)
+            defined = sorted(
+                n for n, v in vars(module).items() if isinstance(v, type) and v.__module__ == module.__name__
+            )
             raise RegistryError(
                 f"auto_register: {folder / (module_file + '.py')} has no class {class_name!r}"
                 f" (classes defined there: {', '.join(defined) or 'none'})"
@@ -201,9 +201,19 @@ def import_module_from_folder(folder: Path, module_file: str):
     return module
 
 
+class ArgumentError(RegistryError, TypeError):
+    """A config block passes arguments its class does not take (a TypeError, and the user's mistake)."""
+
+
 def _instantiate(obj_cls, args: dict):
     try:
         return obj_cls(**args)
+    except TypeError as err:
+        name = getattr(obj_cls, "__name__", str(obj_cls))
+        if "argument" in str(err) and err.__traceback__ is not None and err.__traceback__.tb_next is None:
+            # raised by the call itself (bad keyword names or counts), not from inside __init__
+            raise ArgumentError(f"{name}: {err}") from err
+        raise type(err)(f"{name}: {err}").with_traceback(err.__traceback__) from err
     except Exception as err:
         name = getattr(obj_cls, "__name__", str(obj_cls))
         message = f"{name}: {err}"
