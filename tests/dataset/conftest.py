@@ -61,9 +61,7 @@ def wiki_text_file() -> Path:
     return _fetch_or_skip("text/wiki.utf8")
 
 
-LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+LLAMA3_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"  # noqa: E501
 LLAMA3_CHAT_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
     "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
@@ -85,8 +83,9 @@ class TiktokenLlama3:
         names += ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
         names += [f"<|reserved_special_token_{i}|>" for i in range(5, 256 - 5)]
         self.special_tokens = {name: len(ranks) + i for i, name in enumerate(names)}
-        self.enc = tiktoken.Encoding("llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
-                                     special_tokens=self.special_tokens)
+        self.enc = tiktoken.Encoding(
+            "llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks, special_tokens=self.special_tokens
+        )
         self.vocab_file = str(model_file)
         self.bos_token_id = self.special_tokens["<|begin_of_text|>"]
         self.eos_token_id = self.special_tokens["<|end_of_text|>"]

@@ -23,8 +23,9 @@ VICUNA_SYSTEM = (
 
 def read_rows(path):
     table = pq.read_table(path)
-    return {c: table.column(c).combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
-            for c in table.column_names}
+    return {
+        c: table.column(c).combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1) for c in table.column_names
+    }
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +75,11 @@ def _check_masking(tokenizer, ids, labels, pad_id, prompt_text, answers):
     assert tokenizer.decode(ids[:end], skip_special_tokens=True) == prompt_text
 
 
-def test_qa_llama2_labels_mask_exactly_the_prompt_and_padding(conversation_file, llama2_factory, llama2_tokenizer,
-                                                              alpaca_records, tmp_path):
+def test_qa_llama2_labels_mask_exactly_the_prompt_and_padding(
+    conversation_file, llama2_factory, llama2_tokenizer, alpaca_records, tmp_path
+):
     out = tmp_path / "qa.parquet"
-    meta = preprocess("qa", str(conversation_file), out, llama2_factory, seq_length=512, num_workers=1,
-                      progress=False)
+    meta = preprocess("qa", str(conversation_file), out, llama2_factory, seq_length=512, num_workers=1, progress=False)
     assert meta["counts"]["records"] == meta["counts"]["samples"] == len(alpaca_records)
     assert meta["counts"]["truncated"] == 0 and meta["pad_token_id"] == 0
     rows = read_rows(out)
@@ -91,16 +92,25 @@ def test_qa_llama2_labels_mask_exactly_the_prompt_and_padding(conversation_file,
         _check_masking(llama2_tokenizer, ids, labels, 0, text, [gpt])
     # the worker pool gives the same bytes as the inline loop
     out2 = tmp_path / "qa2.parquet"
-    preprocess("qa", str(conversation_file), out2, llama2_factory, seq_length=512, num_workers=2, progress=False,
-               chunk_records=16)
+    preprocess(
+        "qa",
+        str(conversation_file),
+        out2,
+        llama2_factory,
+        seq_length=512,
+        num_workers=2,
+        progress=False,
+        chunk_records=16,
+    )
     rows2 = read_rows(out2)
     assert all((rows[c] == rows2[c]).all() for c in rows)
 
 
 def test_qa_multi_turn_with_system_prompt(llama2_factory, llama2_tokenizer, tmp_path):
     out = tmp_path / "chat.parquet"
-    preprocess("qa", str(ASSETS_DIR / "chat_tiny.json"), out, llama2_factory, seq_length=128, num_workers=1,
-               progress=False)
+    preprocess(
+        "qa", str(ASSETS_DIR / "chat_tiny.json"), out, llama2_factory, seq_length=128, num_workers=1, progress=False
+    )
     turns = json.loads((ASSETS_DIR / "chat_tiny.json").read_text())[0]["conversations"]
     rows = read_rows(out)
     system, q1, a1, q2, a2 = (t["value"] for t in turns)
@@ -111,8 +121,9 @@ def test_qa_multi_turn_with_system_prompt(llama2_factory, llama2_tokenizer, tmp_
 def test_qa_packing_keeps_each_conversation_and_its_boundaries(conversation_file, llama2_factory, tmp_path):
     plain, packed = tmp_path / "plain.parquet", tmp_path / "packed.parquet"
     preprocess("qa", str(conversation_file), plain, llama2_factory, seq_length=512, num_workers=1, progress=False)
-    meta = preprocess("qa", str(conversation_file), packed, llama2_factory, seq_length=512, num_workers=1,
-                      progress=False, pack=True)
+    meta = preprocess(
+        "qa", str(conversation_file), packed, llama2_factory, seq_length=512, num_workers=1, progress=False, pack=True
+    )
     a, b = read_rows(plain), read_rows(packed)
     assert meta["counts"]["samples"] < meta["counts"]["records"]
     pieces = []
@@ -150,8 +161,16 @@ def test_qa_llama3_tokenizer_vicuna_and_llama3_chat_formats(conversation_file, l
     builtin, template = tmp_path / "l3.parquet", tmp_path / "tpl.parquet"
     chat = ASSETS_DIR / "chat_tiny.json"
     for fmt, path in (("llama3", builtin), ("template", template)):
-        preprocess("qa", [str(small), str(chat)], path, llama3_factory, seq_length=512, num_workers=1,
-                   progress=False, chat_format=fmt)
+        preprocess(
+            "qa",
+            [str(small), str(chat)],
+            path,
+            llama3_factory,
+            seq_length=512,
+            num_workers=1,
+            progress=False,
+            chat_format=fmt,
+        )
     a, b = read_rows(builtin), read_rows(template)
     assert all((a[c] == b[c]).all() for c in a)  # token-level format == the chat template, ids and labels
     eot = tok.special_tokens["<|eot_id|>"]
@@ -163,14 +182,24 @@ def test_qa_llama3_tokenizer_vicuna_and_llama3_chat_formats(conversation_file, l
 
 def test_qa_llama2_chat_format(llama2_factory, llama2_tokenizer, tmp_path):
     out = tmp_path / "l2.parquet"
-    preprocess("qa", str(ASSETS_DIR / "chat_tiny.json"), out, llama2_factory, seq_length=128, num_workers=1,
-               progress=False, chat_format="llama2")
+    preprocess(
+        "qa",
+        str(ASSETS_DIR / "chat_tiny.json"),
+        out,
+        llama2_factory,
+        seq_length=128,
+        num_workers=1,
+        progress=False,
+        chat_format="llama2",
+    )
     ids, labels = read_rows(out)["input_ids"][0], read_rows(out)["labels"][0]
     learnt = labels != IGNORE_TOKEN_ID
     # Meta's format learns "{answer} " then </s>: the trailing space is part of each answer span
     assert llama2_tokenizer.decode(ids[learnt], skip_special_tokens=True) == "The meaning of life is 42.  I agree. "
-    expected = ("[INST] <<SYS>>\nYou are an AI assistant.\n<</SYS>>\n\nWhat is the meaning of life? [/INST] "
-                "The meaning of life is 42.")
+    expected = (
+        "[INST] <<SYS>>\nYou are an AI assistant.\n<</SYS>>\n\nWhat is the meaning of life? [/INST] "
+        "The meaning of life is 42."
+    )
     first_eos = int(np.flatnonzero(ids == llama2_tokenizer.eos_token_id)[0])
     assert llama2_tokenizer.decode(ids[1:first_eos]).strip() == expected
 
@@ -180,33 +209,59 @@ def test_qa_llama2_chat_format(llama2_factory, llama2_tokenizer, tmp_path):
     [
         ("", "is empty"),
         ('[{"conversations": []},\n {"conversations": [}]', r"broken\.json:2: malformed JSON"),
-        ('{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}\n{"oops"\n',
-         r"broken\.json:2:\d+: malformed JSON line"),
+        (
+            '{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}\n{"oops"\n',
+            r"broken\.json:2:\d+: malformed JSON line",
+        ),
         ('[\n{"id": "1"}\n]', r"broken\.json:2: the record has neither 'conversations'"),
-        ('[\n{"conversations": [{"from": "human", "value": "q"}, {"from": "bot", "value": "a"}]}]',
-         r"broken\.json:2: turn 1 has from='bot'"),
+        (
+            '[\n{"conversations": [{"from": "human", "value": "q"}, {"from": "bot", "value": "a"}]}]',
+            r"broken\.json:2: turn 1 has from='bot'",
+        ),
     ],
 )
 def test_bad_input_names_file_and_line(llama2_factory, tmp_path, content, message):
     bad = tmp_path / "broken.json"
     bad.write_text(content)
     with pytest.raises(PreprocessError, match=message):
-        preprocess("qa", str(bad), tmp_path / "o.parquet", llama2_factory, seq_length=64, num_workers=1,
-                   progress=False)
+        preprocess("qa", str(bad), tmp_path / "o.parquet", llama2_factory, seq_length=64, num_workers=1, progress=False)
     assert not list(tmp_path.glob("o.parquet*")) and not list(tmp_path.glob(".o.parquet*"))
 
 
 def test_long_samples_are_counted_and_policy_applies(conversation_file, llama2_factory, tmp_path):
-    meta = preprocess("qa", str(conversation_file), tmp_path / "t.parquet", llama2_factory, seq_length=200,
-                      num_workers=1, progress=False)
+    meta = preprocess(
+        "qa",
+        str(conversation_file),
+        tmp_path / "t.parquet",
+        llama2_factory,
+        seq_length=200,
+        num_workers=1,
+        progress=False,
+    )
     truncated = meta["counts"]["truncated"]
     assert truncated > 0 and meta["counts"]["samples"] == 100
-    meta = preprocess("qa", str(conversation_file), tmp_path / "d.parquet", llama2_factory, seq_length=200,
-                      num_workers=1, progress=False, on_long="drop")
+    meta = preprocess(
+        "qa",
+        str(conversation_file),
+        tmp_path / "d.parquet",
+        llama2_factory,
+        seq_length=200,
+        num_workers=1,
+        progress=False,
+        on_long="drop",
+    )
     assert meta["counts"]["dropped_too_long"] == truncated and meta["counts"]["samples"] == 100 - truncated
     with pytest.raises(PreprocessError, match=r"alpaca-conversation\.json:\d+: the conversation has \d+ tokens"):
-        preprocess("qa", str(conversation_file), tmp_path / "e.parquet", llama2_factory, seq_length=200,
-                   num_workers=1, progress=False, on_long="error")
+        preprocess(
+            "qa",
+            str(conversation_file),
+            tmp_path / "e.parquet",
+            llama2_factory,
+            seq_length=200,
+            num_workers=1,
+            progress=False,
+            on_long="error",
+        )
 
 
 def test_interrupted_run_leaves_no_output(conversation_file, llama2_factory, tmp_path, monkeypatch):
@@ -221,17 +276,40 @@ def test_interrupted_run_leaves_no_output(conversation_file, llama2_factory, tmp
 
     monkeypatch.setattr(llama_preprocess, "encode_conversation", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        preprocess("qa", str(conversation_file), tmp_path / "x.parquet", llama2_factory, seq_length=512,
-                   num_workers=1, progress=False, chunk_records=8, rows_per_group=4)
+        preprocess(
+            "qa",
+            str(conversation_file),
+            tmp_path / "x.parquet",
+            llama2_factory,
+            seq_length=512,
+            num_workers=1,
+            progress=False,
+            chunk_records=8,
+            rows_per_group=4,
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_cli_runs_and_refuses_to_overwrite(conversation_file, llama2_model_file, tmp_path, capsys):
     src = tmp_path / "in.json"
     shutil.copy(conversation_file, src)
-    args = ["--dataset_type", "qa", "--input_glob", str(src), "--model_file", str(llama2_model_file),
-            "--seq_length", "256", "--output_file", str(tmp_path / "o.parquet"), "--num_workers", "1",
-            "--no_progress", "--file_partition", "2"]
+    args = [
+        "--dataset_type",
+        "qa",
+        "--input_glob",
+        str(src),
+        "--model_file",
+        str(llama2_model_file),
+        "--seq_length",
+        "256",
+        "--output_file",
+        str(tmp_path / "o.parquet"),
+        "--num_workers",
+        "1",
+        "--no_progress",
+        "--file_partition",
+        "2",
+    ]
     assert llama_preprocess.main(args) == 0
     assert sorted(p.name for p in tmp_path.glob("o.parquet*")) == ["o.parquet.meta.json", "o.parquet0", "o.parquet1"]
     assert llama_preprocess.main(args) == 2
