@@ -662,7 +662,7 @@ class _ParquetSink:
             flat = self.pa.array(np.concatenate([r[c] for r in rows]).astype(np.int32, copy=False))
             arrays.append(self.pa.FixedSizeListArray.from_arrays(flat, self.length))
         if self.writers[k] is None:
-            self.writers[k] = pq.ParquetWriter(self.tmp[k], self.schema, compression="zstd")
+            self.writers[k] = pq.ParquetWriter(self.tmp[k], self.schema, compression="snappy")
         self.writers[k].write_table(self.pa.Table.from_arrays(arrays, schema=self.schema))
         self.buffers[k] = []
 
@@ -672,7 +672,7 @@ class _ParquetSink:
         for k in range(len(self.files)):
             self._flush(k)
             if self.writers[k] is None:  # an empty partition is still a valid file with the schema
-                self.writers[k] = pq.ParquetWriter(self.tmp[k], self.schema, compression="zstd")
+                self.writers[k] = pq.ParquetWriter(self.tmp[k], self.schema, compression="snappy")
             self.writers[k].close()
         meta_tmp = meta_file.with_name(f".{meta_file.name}.tmp-{os.getpid()}")
         meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -738,7 +738,7 @@ def preprocess(
     on_long: str = "truncate",
     on_error: str = "raise",
     overwrite: bool = False,
-    chunk_records: int = 64,
+    chunk_records: int = 256,
     rows_per_group: int | None = None,
     progress: bool = True,
 ) -> dict:
