@@ -208,7 +208,9 @@ class _Stream:
     def length(self, limit: int) -> int:
         n = self.varint(limit)
         if self.pos + n > limit:
-            raise self.fail(f"corrupted or truncated file: a field of {n} bytes runs past its message")
+            if limit >= self.end:
+                raise self.fail(f"file is truncated: a field of {n} bytes, {self.end - self.pos} bytes left")
+            raise self.fail(f"corrupted file: a field of {n} bytes runs past its message")
         return n
 
     def end_of(self, limit: int) -> int:
@@ -284,7 +286,9 @@ def _iter_ckpt(path: Path, *, load: bool, verify_crc: bool):
             s.tensor = None
             if s.varint(end) != (1 << 3 | 2):  # Checkpoint has one field: 1, length-delimited
                 raise s.fail("not a MindSpore checkpoint, or corrupted (unexpected protobuf field)")
-            value_end = s.end_of(end)
+            value_len = s.varint(end)
+            declared_end = s.pos + value_len
+            value_end = min(declared_end, end)  # past the end: reported once the tag is known
             tag = type_name = None
             dims: list[int] = []
             early: bytes | None = None  # content met before the tag or type (unusual field order)
@@ -324,6 +328,8 @@ def _iter_ckpt(path: Path, *, load: bool, verify_crc: bool):
                                 early = s.read(n)
                         else:
                             s.skip(tkey & 7, t_end)
+            if declared_end > end:
+                raise s.fail(f"file is truncated or corrupted: a value of {value_len} bytes runs past the end")
             if tag is None or type_name is None:
                 raise s.fail("corrupted checkpoint value: no tag or no tensor_type")
             if type_name in _NON_TENSOR_TYPES:
