@@ -121,6 +121,7 @@ def convert_checkpoint(
             new = rename(name)
             if new is not None:
                 yield new, tensor.to(_cast(tensor.dtype, target))
+            del tensor  # one tensor in memory at a time
 
     metadata = {"format": "pt"} if output_path.suffix == ".safetensors" else None
     write_checkpoint(output_path, specs, tensors(), metadata=metadata)

@@ -154,6 +154,7 @@ def save_ckpt(tensors: Iterable[tuple[str, torch.Tensor]], path: str | Path, *, 
     with CkptWriter(path, crc=crc) as writer:
         for name, tensor in tensors:
             writer.write(name, tensor)
+            del tensor  # not kept alive while the source reads the next one
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -321,6 +322,7 @@ def _iter_ckpt(path: Path, *, load: bool, verify_crc: bool):
                                 if current is None or current.name != tag or current.filled == current.nbytes:
                                     if current is not None:
                                         yield current.result(s)
+                                        current = None  # freed before the next buffer is allocated
                                     current = _Tensor(tag, type_name, dims, load)
                                 s.read_content(current.slot(n, s), n)
                                 placed = True
@@ -340,6 +342,7 @@ def _iter_ckpt(path: Path, *, load: bool, verify_crc: bool):
                 if current is None or current.name != tag or current.filled == current.nbytes:
                     if current is not None:
                         yield current.result(s)
+                        current = None  # freed before the next buffer is allocated
                     current = _Tensor(tag, type_name, dims, load)
                 content = early or b""
                 view = current.slot(len(content), s)
@@ -360,6 +363,7 @@ def iter_ckpt(path: str | Path, *, verify_crc: bool = True) -> Iterator[tuple[st
     """Yield `(name, tensor)` for each parameter of a `.ckpt`, one at a time, chunks joined."""
     for name, _, _, tensor in _iter_ckpt(Path(path), load=True, verify_crc=verify_crc):
         yield name, tensor
+        del tensor  # one tensor in memory at a time
 
 
 def read_ckpt_specs(path: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:

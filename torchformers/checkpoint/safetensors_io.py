@@ -101,6 +101,7 @@ def iter_safetensors(path: str | Path, names: Iterable[str] | None = None) -> It
             if end > begin and f.readinto(memoryview(buf.numpy())) != end - begin:
                 raise CheckpointError(path, "file is truncated", tensor=name)
             yield name, buf.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+            del buf  # drop this tensor before the next is allocated: one tensor in memory at a time
 
 
 def write_safetensors(
@@ -147,6 +148,7 @@ def write_safetensors(
                 tensor = tensor.detach().cpu().contiguous()
                 if tensor.numel():
                     f.write(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+                del tensor  # not kept alive while the source reads the next one
             missing = [name for name, _ in expected]
             if missing:
                 raise CheckpointError(path, f"{len(missing)} tensors announced but not written: {missing[:5]}")
