@@ -234,6 +234,7 @@ def write_checkpoint(
     """
     path = Path(path)
     fmt = _output_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "safetensors":
         write_safetensors(path, specs, tensors, metadata=metadata)
     elif fmt == "ckpt":
