@@ -39,7 +39,8 @@ from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 __all__ = ["LLAMA3_CHAT_TEMPLATE", "Llama3Tokenizer", "PAT_STR", "special_token_names"]
 
 PAT_STR = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
 # Meta's Llama 3 instruct chat format as the jinja2 template published with Meta-Llama-3-8B-Instruct.
@@ -72,7 +73,9 @@ def special_token_names(num_reserved_special_tokens: int = 256) -> list[str]:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte-level alphabet: each byte as a printable character (the form tokenizer.json uses)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -90,7 +93,9 @@ BYTE_DECODER = {c: b for b, c in BYTE_ENCODER.items()}
 def load_ranks(vocab_file: str) -> dict[bytes, int]:
     """BPE ranks from Meta's `tokenizer.model` (`base64(token) rank` lines) or a `tokenizer.json`."""
     if not vocab_file or not os.path.isfile(vocab_file):
-        raise TokenizerError(f"Llama3Tokenizer: vocab_file {vocab_file!r} is not a file (tokenizer.model or tokenizer.json)")
+        raise TokenizerError(
+            f"Llama3Tokenizer: vocab_file {vocab_file!r} is not a file (tokenizer.model or tokenizer.json)"
+        )
     if str(vocab_file).endswith(".json"):
         with open(vocab_file, encoding="utf-8") as f:
             vocab = json.load(f).get("model", {}).get("vocab")
@@ -99,7 +104,9 @@ def load_ranks(vocab_file: str) -> dict[bytes, int]:
         try:
             return {bytes(BYTE_DECODER[c] for c in token): rank for token, rank in vocab.items()}
         except KeyError as err:
-            raise TokenizerError(f"{vocab_file}: vocabulary is not byte-level BPE (character {err} outside its alphabet)") from None
+            raise TokenizerError(
+                f"{vocab_file}: vocabulary is not byte-level BPE (character {err} outside its alphabet)"
+            ) from None
     ranks: dict[bytes, int] = {}
     with open(vocab_file, "rb") as f:
         for number, line in enumerate(f, 1):
@@ -149,7 +156,9 @@ class Llama3Tokenizer(BosEosMixin, PretrainedTokenizer):
         names = special_token_names(num_reserved_special_tokens)
         self.special_tokens = {name: self.n_base + i for i, name in enumerate(names)}
         self.tiktoken = tiktoken.Encoding(
-            name=os.path.basename(self.vocab_file), pat_str=PAT_STR, mergeable_ranks=ranks,
+            name=os.path.basename(self.vocab_file),
+            pat_str=PAT_STR,
+            mergeable_ranks=ranks,
             special_tokens=self.special_tokens,
         )
         self._ranks = ranks
@@ -234,7 +243,10 @@ class Llama3Tokenizer(BosEosMixin, PretrainedTokenizer):
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
         """Write the ranks in Meta's format (`tokenizer.model`), whichever file they came from."""
         path = os.path.join(save_directory, (filename_prefix + "-" if filename_prefix else "") + "tokenizer.model")
-        lines = [f"{base64.b64encode(token).decode('ascii')} {rank}\n" for token, rank in sorted(self._ranks.items(), key=lambda kv: kv[1])]
+        lines = [
+            f"{base64.b64encode(token).decode('ascii')} {rank}\n"
+            for token, rank in sorted(self._ranks.items(), key=lambda kv: kv[1])
+        ]
         with open(path, "w", encoding="ascii") as f:
             f.writelines(lines)
         return (path,)

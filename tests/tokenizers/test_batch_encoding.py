@@ -82,8 +82,11 @@ def test_pad_after_tokenizing(tok):
 
 
 def test_slow_and_fast_batches_are_identical(llama_slow, llama_fast):
-    for kwargs in ({"padding": True}, {"padding": "max_length", "max_length": 12, "truncation": True},
-                   {"padding": True, "padding_side": "left"}):
+    for kwargs in (
+        {"padding": True},
+        {"padding": "max_length", "max_length": 12, "truncation": True},
+        {"padding": True, "padding_side": "left"},
+    ):
         a = llama_slow(TEXTS, return_tensors="np", **kwargs)
         b = llama_fast(TEXTS, return_tensors="np", **kwargs)
         assert (a["input_ids"] == b["input_ids"]).all() and (a["attention_mask"] == b["attention_mask"]).all()

@@ -56,9 +56,12 @@ def test_alternation_error(llama_slow):
 
 
 def test_custom_template_and_missing_template(llama_fast):
-    assert llama_fast.apply_chat_template(
-        [{"role": "user", "content": "hi"}], chat_template="{{ messages[0]['content'] }}!", tokenize=False
-    ) == "hi!"
+    assert (
+        llama_fast.apply_chat_template(
+            [{"role": "user", "content": "hi"}], chat_template="{{ messages[0]['content'] }}!", tokenize=False
+        )
+        == "hi!"
+    )
     from torchformers.models.tokenization_utils_fast import PretrainedTokenizerFast
 
     bare = PretrainedTokenizerFast(tokenizer_object=llama_fast.backend_tokenizer)

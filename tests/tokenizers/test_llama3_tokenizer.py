@@ -24,8 +24,9 @@ def meta_ranks() -> dict[bytes, int]:
 
 @pytest.fixture(scope="module")
 def reference_encoding(meta_ranks):
-    return tiktoken.Encoding(name="llama3-reference", pat_str=META_PATTERN, mergeable_ranks=meta_ranks,
-                             special_tokens={})
+    return tiktoken.Encoding(
+        name="llama3-reference", pat_str=META_PATTERN, mergeable_ranks=meta_ranks, special_tokens={}
+    )
 
 
 def test_reference_vectors(llama3):
@@ -37,9 +38,16 @@ def test_reference_vectors(llama3):
 def test_special_tokens(llama3):
     assert llama3.encode("Hello world") == [9906, 1917]
     assert llama3.vocab_size == 128256
-    assert llama3.convert_tokens_to_ids(["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                                         "<|end_header_id|>", "<|eot_id|>", "<|reserved_special_token_250|>"]) == [
-        128000, 128001, 128006, 128007, 128009, 128255]
+    assert llama3.convert_tokens_to_ids(
+        [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|reserved_special_token_250|>",
+        ]
+    ) == [128000, 128001, 128006, 128007, 128009, 128255]
     assert (llama3.bos_token_id, llama3.eos_token_id, llama3.pad_token_id) == (128000, 128001, 128002)
     assert llama3.encode("a<|eot_id|>") == [64, 128009]
     assert llama3.decode([9906, 128009, 1917], skip_special_tokens=True) == "Hello world"
@@ -85,8 +93,10 @@ def test_not_imported_by_the_library():
     import subprocess
     import sys
 
-    code = "import torchformers.models.tokenization_utils, torchformers.models.llama.llama_processor, sys; " \
-           "print('llama3_1_tokenizer' in sys.modules)"
+    code = (
+        "import torchformers.models.tokenization_utils, torchformers.models.llama.llama_processor, sys; "
+        "print('llama3_1_tokenizer' in sys.modules)"
+    )
     env = dict(os.environ, PYTHONPATH=str(LLAMA3_RESEARCH.parents[1]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "False"

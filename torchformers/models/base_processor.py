@@ -38,8 +38,14 @@ class ProcessorMixin:
     attributes = ["tokenizer"]
     tokenizer_class: str | None = None
 
-    def __init__(self, tokenizer=None, max_length: int | None = None, padding: bool | str = False,
-                 return_tensors: str | None = None, **kwargs):
+    def __init__(
+        self,
+        tokenizer=None,
+        max_length: int | None = None,
+        padding: bool | str = False,
+        return_tensors: str | None = None,
+        **kwargs,
+    ):
         if kwargs:
             raise TokenizerError(f"{type(self).__name__} got unexpected arguments: {', '.join(sorted(kwargs))}")
         self.tokenizer = build_tokenizer_from_config(tokenizer)

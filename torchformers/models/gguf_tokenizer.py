@@ -47,7 +47,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # Pre-tokenizer regexes by GGUF `tokenizer.ggml.pre`, as in llama.cpp's llama-vocab.cpp and the
 # models' own tokenizer.json files.
 LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 QWEN2_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -99,10 +100,17 @@ def read_gguf_metadata(path: str | os.PathLike, prefix: str = "") -> dict[str, A
     if not path.is_file():
         raise TokenizerError(f"GGUF file {str(path)!r} does not exist")
     scalar = {
-        gguf.GGUFValueType.UINT8: "B", gguf.GGUFValueType.INT8: "b", gguf.GGUFValueType.UINT16: "H",
-        gguf.GGUFValueType.INT16: "h", gguf.GGUFValueType.UINT32: "I", gguf.GGUFValueType.INT32: "i",
-        gguf.GGUFValueType.FLOAT32: "f", gguf.GGUFValueType.BOOL: "?", gguf.GGUFValueType.UINT64: "Q",
-        gguf.GGUFValueType.INT64: "q", gguf.GGUFValueType.FLOAT64: "d",
+        gguf.GGUFValueType.UINT8: "B",
+        gguf.GGUFValueType.INT8: "b",
+        gguf.GGUFValueType.UINT16: "H",
+        gguf.GGUFValueType.INT16: "h",
+        gguf.GGUFValueType.UINT32: "I",
+        gguf.GGUFValueType.INT32: "i",
+        gguf.GGUFValueType.FLOAT32: "f",
+        gguf.GGUFValueType.BOOL: "?",
+        gguf.GGUFValueType.UINT64: "Q",
+        gguf.GGUFValueType.INT64: "q",
+        gguf.GGUFValueType.FLOAT64: "d",
     }
     with open(path, "rb") as f:
         data = f.read(1 << 16)
@@ -170,8 +178,12 @@ def read_gguf_tokenizer(path: str | os.PathLike) -> GGUFTokenizerInfo:
     tokens = get("tokenizer.ggml.tokens")
     special_ids = {
         name: int(get(f"tokenizer.ggml.{key}"))
-        for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"),
-                          ("pad", "padding_token_id"))
+        for name, key in (
+            ("bos", "bos_token_id"),
+            ("eos", "eos_token_id"),
+            ("unk", "unknown_token_id"),
+            ("pad", "padding_token_id"),
+        )
         if f"tokenizer.ggml.{key}" in fields
     }
     return GGUFTokenizerInfo(
@@ -229,7 +241,9 @@ def gguf_to_tokenizer(info: GGUFTokenizerInfo):
     from tokenizers.models import BPE
 
     if info.model != "gpt2":
-        raise TokenizerError(f"a byte-level BPE tokenizer.json needs tokenizer.ggml.model 'gpt2', this GGUF has {info.model!r}")
+        raise TokenizerError(
+            f"a byte-level BPE tokenizer.json needs tokenizer.ggml.model 'gpt2', this GGUF has {info.model!r}"
+        )
     if info.pre not in PRE_TOKENIZERS:
         raise TokenizerError(
             f"GGUF tokenizer.ggml.pre {info.pre!r} is not supported; supported: {', '.join(sorted(PRE_TOKENIZERS))}"
@@ -250,8 +264,14 @@ def gguf_to_tokenizer(info: GGUFTokenizerInfo):
     steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=pattern is None))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps) if len(steps) > 1 else steps[0]
     tokenizer.decoder = decoders.ByteLevel()
-    special = [AddedToken(t, special=True, normalized=False) for t, k in zip(info.tokens, info.token_types) if k == CONTROL]
-    user = [AddedToken(t, special=False, normalized=False) for t, k in zip(info.tokens, info.token_types) if k == USER_DEFINED]
+    special = [
+        AddedToken(t, special=True, normalized=False) for t, k in zip(info.tokens, info.token_types) if k == CONTROL
+    ]
+    user = [
+        AddedToken(t, special=False, normalized=False)
+        for t, k in zip(info.tokens, info.token_types)
+        if k == USER_DEFINED
+    ]
     if special:
         tokenizer.add_special_tokens(special)
     if user:
@@ -308,7 +328,9 @@ def convert_gguf_tokenizer(gguf_path: str | os.PathLike, save_directory: str | o
     return written
 
 
-def tokenizer_from_gguf(gguf_path: str | os.PathLike, save_directory: str | os.PathLike | None = None, fast: bool = True):
+def tokenizer_from_gguf(
+    gguf_path: str | os.PathLike, save_directory: str | os.PathLike | None = None, fast: bool = True
+):
     """A tokenizer for the GGUF's vocabulary: `LlamaTokenizerFast` / `LlamaTokenizer` (fast=False) for
     sentencepiece vocabularies, `PretrainedTokenizerFast` for byte-level BPE.
 

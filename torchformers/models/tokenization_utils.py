@@ -89,7 +89,9 @@ class PretrainedTokenizer(PreTrainedTokenizerBase):
         added = 0
         for name, value in special_tokens_dict.items():
             if name not in self.SPECIAL_TOKENS_ATTRIBUTES:
-                raise TokenizerError(f"add_special_tokens: unknown key {name!r}; expected one of {self.SPECIAL_TOKENS_ATTRIBUTES}")
+                raise TokenizerError(
+                    f"add_special_tokens: unknown key {name!r}; expected one of {self.SPECIAL_TOKENS_ATTRIBUTES}"
+                )
             values = value if name == "additional_special_tokens" else [value]
             added += self.add_tokens(list(values), special_tokens=True)
             if name != "additional_special_tokens":
@@ -165,7 +167,8 @@ class PretrainedTokenizer(PreTrainedTokenizerBase):
         """Ids of each text, no special tokens added; texts without added tokens go to one batch call."""
         self._split_on_added_tokens("")  # make sure the split pattern is current
         pattern = self._split_pattern
-        if pattern is None or not any(map(pattern.search, texts)):
+        # One regex scan over all texts (added tokens never hold "\x00", so no match spans two texts).
+        if pattern is None or not pattern.search("\x00".join(texts)):
             return self._encode_ids_batch(texts)
         return [self._text_to_ids(t) for t in texts]
 
@@ -243,6 +246,15 @@ class PretrainedTokenizer(PreTrainedTokenizerBase):
         second = self._batch_encode_ids(pairs) if pairs is not None else [None] * len(first)
         truncate = truncation_strategy != TruncationStrategy.DO_NOT_TRUNCATE and max_length is not None
         data: dict[str, list] = {"input_ids": []}
+        affixes = self._special_affixes() if add_special_tokens else ([], [])
+        if pairs is None and not truncate and not return_token_type_ids and not return_special_tokens_mask and affixes:
+            # Common case (single texts, no truncation): no per-sequence method calls.
+            prefix, suffix = affixes
+            data["input_ids"] = [prefix + ids + suffix for ids in first] if prefix or suffix else first
+            data = self._pad_batch(
+                data, padding_strategy, max_length, pad_to_multiple_of, padding_side, return_attention_mask
+            )
+            return data, None
         if return_token_type_ids:
             data["token_type_ids"] = []
         if return_special_tokens_mask:
@@ -251,7 +263,9 @@ class PretrainedTokenizer(PreTrainedTokenizerBase):
             if truncate:
                 extra = self.num_special_tokens_to_add(pair_ids is not None) if add_special_tokens else 0
                 total = len(ids) + (len(pair_ids) if pair_ids is not None else 0) + extra
-                ids, pair_ids, _ = self.truncate_sequences(ids, pair_ids, total - max_length, truncation_strategy, stride)
+                ids, pair_ids, _ = self.truncate_sequences(
+                    ids, pair_ids, total - max_length, truncation_strategy, stride
+                )
             if add_special_tokens:
                 sequence = self.build_inputs_with_special_tokens(ids, pair_ids)
             else:
@@ -271,6 +285,16 @@ class PretrainedTokenizer(PreTrainedTokenizerBase):
             data, padding_strategy, max_length, pad_to_multiple_of, padding_side, return_attention_mask
         )
         return data, None
+
+    def _special_affixes(self) -> tuple[list[int], list[int]] | None:
+        """(ids before, ids after) that `build_inputs_with_special_tokens` puts around one sequence,
+        or None when it does something else than wrapping."""
+        marker = -7
+        built = self.build_inputs_with_special_tokens([marker])
+        if built.count(marker) != 1:
+            return None
+        at = built.index(marker)
+        return list(built[:at]), list(built[at + 1 :])
 
     # ----- decoding -----
     def _decode(self, token_ids: list[int], skip_special_tokens: bool = False, **kwargs) -> str:

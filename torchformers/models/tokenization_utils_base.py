@@ -377,7 +377,9 @@ class PreTrainedTokenizerBase(SpecialTokensMixin):
         with_specials = self.build_inputs_with_special_tokens(token_ids_0)
         if token_ids_1 is None:
             return [0] * len(with_specials)
-        return [0] * len(with_specials) + [1] * (len(self.build_inputs_with_special_tokens(token_ids_0, token_ids_1)) - len(with_specials))
+        return [0] * len(with_specials) + [1] * (
+            len(self.build_inputs_with_special_tokens(token_ids_0, token_ids_1)) - len(with_specials)
+        )
 
     def get_special_tokens_mask(
         self, token_ids_0: list[int], token_ids_1: list[int] | None = None, already_has_special_tokens: bool = False
@@ -385,7 +387,9 @@ class PreTrainedTokenizerBase(SpecialTokensMixin):
         special = set(self.all_special_ids)
         if already_has_special_tokens:
             return [1 if t in special else 0 for t in token_ids_0]
-        marked = self.build_inputs_with_special_tokens([-1] * len(token_ids_0), None if token_ids_1 is None else [-1] * len(token_ids_1))
+        marked = self.build_inputs_with_special_tokens(
+            [-1] * len(token_ids_0), None if token_ids_1 is None else [-1] * len(token_ids_1)
+        )
         return [0 if t == -1 else 1 for t in marked]
 
     # ----- argument handling -----
@@ -469,7 +473,9 @@ class PreTrainedTokenizerBase(SpecialTokensMixin):
             return_tensors: None (lists), "pt", "np" or "ms" (numpy).
         """
         if kwargs:
-            raise TokenizerError(f"{type(self).__name__}.__call__ got unexpected arguments: {', '.join(sorted(kwargs))}")
+            raise TokenizerError(
+                f"{type(self).__name__}.__call__ got unexpected arguments: {', '.join(sorted(kwargs))}"
+            )
         texts, is_batch = self._check_texts(text, "text")
         pairs = None
         if text_pair is not None:
@@ -535,8 +541,15 @@ class PreTrainedTokenizerBase(SpecialTokensMixin):
             raise TokenizerError(f"encode() takes one string, got {type(text).__name__}; use __call__ for batches")
         if text_pair is None and not padding and truncation is None and max_length is None and not kwargs:
             return self._encode_fast_path(text, add_special_tokens)
-        out = self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
-                   max_length=max_length, **kwargs)
+        out = self(
+            text,
+            text_pair,
+            add_special_tokens=add_special_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            **kwargs,
+        )
         return out["input_ids"]
 
     def _encode_fast_path(self, text: str, add_special_tokens: bool) -> list[int]:
@@ -561,8 +574,13 @@ class PreTrainedTokenizerBase(SpecialTokensMixin):
         target = max(len(ids) for ids in ids_batch) if padding_strategy == PaddingStrategy.LONGEST else max_length
         if pad_to_multiple_of:
             target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
-        pad_values = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0,
-                      "special_tokens_mask": 1, "offset_mapping": (0, 0)}
+        pad_values = {
+            "input_ids": self.pad_token_id,
+            "attention_mask": 0,
+            "token_type_ids": 0,
+            "special_tokens_mask": 1,
+            "offset_mapping": (0, 0),
+        }
         for key, batch in data.items():
             if key not in pad_values:
                 continue
@@ -623,7 +641,9 @@ class PreTrainedTokenizerBase(SpecialTokensMixin):
         """Text of `token_ids` (a list, numpy array or tensor of ints)."""
         token_ids = _as_int_list(token_ids)
         text = self._decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)
-        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
+        clean = (
+            self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
+        )
         return self.clean_up_tokenization(text) if clean else text
 
     def batch_decode(self, sequences, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None, **kwargs):
@@ -634,8 +654,18 @@ class PreTrainedTokenizerBase(SpecialTokensMixin):
 
     @staticmethod
     def clean_up_tokenization(out_string: str) -> str:
-        for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                              (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        for before, after in (
+            (" .", "."),
+            (" ?", "?"),
+            (" !", "!"),
+            (" ,", ","),
+            (" ' ", "'"),
+            (" n't", "n't"),
+            (" 'm", "'m"),
+            (" 's", "'s"),
+            (" 've", "'ve"),
+            (" 're", "'re"),
+        ):
             out_string = out_string.replace(before, after)
         return out_string
 
@@ -676,8 +706,14 @@ class PreTrainedTokenizerBase(SpecialTokensMixin):
         )
         if not tokenize:
             return rendered
-        out = self(rendered, add_special_tokens=False, padding=padding, truncation=truncation,
-                   max_length=max_length, return_tensors=return_tensors)
+        out = self(
+            rendered,
+            add_special_tokens=False,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            return_tensors=return_tensors,
+        )
         return out if return_dict else out["input_ids"]
 
     # ----- saving and loading -----

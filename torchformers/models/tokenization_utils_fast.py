@@ -54,7 +54,9 @@ class PretrainedTokenizerFast(PreTrainedTokenizerBase):
             try:
                 backend = Tokenizer.from_file(str(tokenizer_file))
             except Exception as err:  # the library raises plain Exception on malformed JSON
-                raise TokenizerError(f"tokenizer_file {str(tokenizer_file)!r} is not a valid tokenizer.json: {err}") from None
+                raise TokenizerError(
+                    f"tokenizer_file {str(tokenizer_file)!r} is not a valid tokenizer.json: {err}"
+                ) from None
         else:
             backend = self._backend_from_other_files(kwargs)
             if backend is None:
@@ -140,7 +142,9 @@ class PretrainedTokenizerFast(PreTrainedTokenizerBase):
         added = 0
         for name, value in special_tokens_dict.items():
             if name not in self.SPECIAL_TOKENS_ATTRIBUTES:
-                raise TokenizerError(f"add_special_tokens: unknown key {name!r}; expected one of {self.SPECIAL_TOKENS_ATTRIBUTES}")
+                raise TokenizerError(
+                    f"add_special_tokens: unknown key {name!r}; expected one of {self.SPECIAL_TOKENS_ATTRIBUTES}"
+                )
             values = value if name == "additional_special_tokens" else [value]
             added += self.add_tokens(list(values), special_tokens=True)
             setattr(self, name, value)
@@ -225,9 +229,11 @@ class PretrainedTokenizerFast(PreTrainedTokenizerBase):
     def batch_decode(self, sequences, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None, **kwargs):
         if clean_up_tokenization_spaces or (clean_up_tokenization_spaces is None and self.clean_up_tokenization_spaces):
             return super().batch_decode(sequences, skip_special_tokens, clean_up_tokenization_spaces, **kwargs)
-        sequences = sequences.tolist() if hasattr(sequences, "tolist") else [
-            s.tolist() if hasattr(s, "tolist") else list(s) for s in sequences
-        ]
+        sequences = (
+            sequences.tolist()
+            if hasattr(sequences, "tolist")
+            else [s.tolist() if hasattr(s, "tolist") else list(s) for s in sequences]
+        )
         return self._tokenizer.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
@@ -242,9 +248,7 @@ class PretrainedTokenizerFast(PreTrainedTokenizerBase):
         from tokenizers import trainers
 
         backend = copy.deepcopy(self._tokenizer)
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=self.all_special_tokens, **trainer_kwargs
-        )
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=self.all_special_tokens, **trainer_kwargs)
         backend.train_from_iterator(text_iterator, trainer=trainer)
         kwargs = {k: v for k, v in self.init_kwargs.items()}
         kwargs.update(self.special_tokens_map)
@@ -253,4 +257,6 @@ class PretrainedTokenizerFast(PreTrainedTokenizerBase):
 
 PreTrainedTokenizerFast = PretrainedTokenizerFast
 MindFormerRegister.register_cls(PretrainedTokenizerFast, MindFormerModuleType.TOKENIZER)
-MindFormerRegister.register_cls(PretrainedTokenizerFast, MindFormerModuleType.TOKENIZER, alias="PreTrainedTokenizerFast")
+MindFormerRegister.register_cls(
+    PretrainedTokenizerFast, MindFormerModuleType.TOKENIZER, alias="PreTrainedTokenizerFast"
+)

@@ -20,8 +20,13 @@ class LlamaProcessor(ProcessorMixin):
 
     tokenizer_class = "LlamaTokenizer"
 
-    def __init__(self, tokenizer=None, max_length: int = 128, padding: bool | str = "max_length",
-                 return_tensors: str | None = "ms"):
+    def __init__(
+        self,
+        tokenizer=None,
+        max_length: int = 128,
+        padding: bool | str = "max_length",
+        return_tensors: str | None = "ms",
+    ):
         super().__init__(tokenizer=tokenizer, max_length=max_length, padding=padding, return_tensors=return_tensors)
 
     def __call__(self, text_input: str | list[str] | None = None, image_input=None) -> dict:

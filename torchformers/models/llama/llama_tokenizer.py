@@ -112,7 +112,9 @@ class LlamaTokenizer(BosEosMixin, PretrainedTokenizer):
         **kwargs,
     ):
         if not vocab_file or not os.path.isfile(vocab_file):
-            raise TokenizerError(f"{type(self).__name__}: vocab_file {vocab_file!r} is not a file (a sentencepiece tokenizer.model)")
+            raise TokenizerError(
+                f"{type(self).__name__}: vocab_file {vocab_file!r} is not a file (a sentencepiece tokenizer.model)"
+            )
         self.sp_model_kwargs = dict(sp_model_kwargs or {})
         try:
             self.sp_model = spm.SentencePieceProcessor(model_file=str(vocab_file), **self.sp_model_kwargs)
