@@ -9,7 +9,7 @@ import os
 import pytest
 import tiktoken
 
-from tests.tokenizers.conftest import LLAMA3_RESEARCH, random_unicode_strings, reference_vectors
+from tests.tokenizers.helpers import LLAMA3_RESEARCH, random_unicode_strings, reference_vectors
 from torchformers.tools.assets import fetch
 
 # Meta's split pattern, as written in meta-llama/llama3 `llama/tokenizer.py`.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sentencepiece as spm
 
-from tests.tokenizers.conftest import random_unicode_strings, reference_vectors
+from tests.tokenizers.helpers import random_unicode_strings, reference_vectors
 
 SPM_VECTORS = reference_vectors("llama-spm")
 
@@ -73,3 +73,17 @@ def test_missing_vocab_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(TokenizerError, match="nothere.model"):
         LlamaTokenizer(str(tmp_path / "nothere.model"))
+
+
+@pytest.mark.parametrize("kind", ["slow", "fast"])
+def test_tokens_and_ids(kind, llama_slow, llama_fast, llama2_model_file):
+    tok = llama_slow if kind == "slow" else llama_fast
+    sp = spm.SentencePieceProcessor(model_file=str(llama2_model_file))
+    text = "The llama 🦙 grazes."
+    pieces = sp.encode(text, out_type=str)
+    assert tok.tokenize(text) == pieces
+    assert tok.convert_tokens_to_ids(pieces) == sp.encode(text)
+    assert tok.convert_ids_to_tokens(sp.encode(text)) == pieces
+    assert tok.convert_tokens_to_string(pieces) == text
+    assert tok.batch_decode([tok.encode(text), tok.encode("a b")], skip_special_tokens=True) == [text, "a b"]
+    assert len(tok) == 32000 and tok.get_vocab()["▁The"] == sp.piece_to_id("▁The") == 450

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.tokenizers.conftest import LLAMA3_RESEARCH
+from tests.tokenizers.helpers import LLAMA3_RESEARCH
 from torchformers.tools.assets import fetch
 
 TEXTS = ["Hello world", "<s> and </s> in text", "naïve café 😀"]
@@ -79,3 +79,23 @@ processor:
     assert isinstance(out, np.ndarray) and out.shape == (1, 128)
     assert out[0, :3].tolist() == [9906, 1917, 128002]
     assert "auto_register" in config["tokenizer"]  # the caller's config is left as it was
+
+
+def test_reads_a_folder_written_by_transformers(tmp_path, llama2_model_file):
+    """Hugging Face form: a tokenizer.json + tokenizer_config.json folder saved by transformers."""
+    transformers = pytest.importorskip("transformers")
+    from tests.tokenizers.helpers import random_unicode_strings
+    from torchformers.models.llama.llama_tokenizer_fast import LlamaTokenizerFast
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "tokenizer.model").write_bytes(llama2_model_file.read_bytes())
+    (source / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizer"}')
+    try:
+        reference = transformers.AutoTokenizer.from_pretrained(str(source))
+        reference.save_pretrained(str(tmp_path / "hf"))
+    except Exception as err:  # conversion support depends on the transformers version
+        pytest.skip(f"transformers cannot convert the sentencepiece model: {err}")
+    ours = LlamaTokenizerFast.from_pretrained(tmp_path / "hf")
+    texts = TEXTS + random_unicode_strings(500, seed=99)
+    assert ours(texts, add_special_tokens=False)["input_ids"] == reference(texts, add_special_tokens=False)["input_ids"]

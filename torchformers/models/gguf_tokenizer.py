@@ -345,10 +345,10 @@ def tokenizer_from_gguf(
         folder = Path(save_directory) if save_directory is not None else Path(tmp)
         files = convert_gguf_tokenizer(gguf_path, folder)
         if "tokenizer.model" in files:
-            cls = LlamaTokenizerFast if fast else LlamaTokenizer
             if save_directory is None and not fast:
+                # sentencepiece reads its model file again when pickled: it must outlive this call
                 raise TokenizerError("tokenizer_from_gguf(fast=False) needs save_directory= to keep tokenizer.model")
-            tokenizer = cls.from_pretrained(folder)
+            tokenizer = (LlamaTokenizerFast if fast else LlamaTokenizer).from_pretrained(folder)
         else:
             tokenizer = PretrainedTokenizerFast.from_pretrained(folder)
     return tokenizer
