@@ -72,6 +72,19 @@ ASSETS: dict[str, Asset] = {
         EXLLAMAV2, "exllamav2/conversion/standard_cal_data/tiny.utf8", description="TinyStories-style text"
     ),
 }
+
+
+def _build_llama2_tokenizer(target: Path) -> Path:
+    from torchformers.models.gguf_tokenizer import build_llama2_tokenizer_model
+
+    return build_llama2_tokenizer_model(target)
+
+
+ASSETS["llama2/tokenizer.model"] = Asset(
+    build=_build_llama2_tokenizer,
+    sha256="b2c82538c5623fb4d8649a7763968fa6ed4e1d59a13cb22fde91e7cca48d4ba5",
+    description="Llama 2 sentencepiece model (32,000 pieces) rebuilt from vocab/ggml-vocab-llama-spm.gguf",
+)
 for _name in ("llama-spm", "llama-bpe", "qwen2"):
     ASSETS[f"vocab/ggml-vocab-{_name}.gguf"] = Asset(LLAMA_CPP, f"{_VOCAB_DIR}/ggml-vocab-{_name}.gguf")
     ASSETS[f"vocab/ggml-vocab-{_name}.gguf.inp"] = Asset(LLAMA_CPP, f"{_VOCAB_DIR}/ggml-vocab-{_name}.gguf.inp")
