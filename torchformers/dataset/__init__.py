@@ -1,0 +1,28 @@
+"""Data sets: Parquet-backed loaders registered for YAML, and the resumable DataLoader.
+
+Preprocessing lives in `torchformers.tools.dataset_preprocess` (as in MindFormers).
+"""
+
+from torchformers.dataset.build_dataset import build_dataset, build_dataset_loader
+from torchformers.dataset.causal_language_model_dataset import CausalLanguageModelDataset, eod_position_ids
+from torchformers.dataset.dataloader import (
+    ResumableBatchSampler,
+    ResumableDataLoader,
+    collate_columns,
+    dp_rank_and_size,
+)
+from torchformers.dataset.parquet_dataset import DatasetFormatError, ParquetDataset, resolve_dataset_files
+
+__all__ = [
+    "CausalLanguageModelDataset",
+    "DatasetFormatError",
+    "ParquetDataset",
+    "ResumableBatchSampler",
+    "ResumableDataLoader",
+    "build_dataset",
+    "build_dataset_loader",
+    "collate_columns",
+    "dp_rank_and_size",
+    "eod_position_ids",
+    "resolve_dataset_files",
+]

@@ -1,0 +1,104 @@
+"""Alpaca JSON -> conversation JSON, as MindFormers' `tools/dataset_preprocess/llama/alpaca_converter.py`.
+
+Input: a JSON list of `{"instruction", "input", "output"}` records (extra keys such as `text` are
+ignored). Output: a JSON list of `{"id": "<1-based>", "conversations": [{"from": "human", "value":
+<Alpaca prompt>}, {"from": "gpt", "value": <output>}]}`, written with indent 2 and `ensure_ascii=False`.
+The output file is never overwritten (as MindFormers r1.5) and is written atomically.
+
+    python -m torchformers.tools.dataset_preprocess.llama.alpaca_converter \
+        --data_path alpaca_data.json --output_path alpaca-data-conversation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["PROMPT_DICT", "ConversionError", "alpaca_to_conversations", "convert", "main"]
+
+PROMPT_DICT = {
+    "prompt_input": (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+    ),
+    "prompt_no_input": (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{instruction}\n\n### Response:"
+    ),
+}
+
+
+class ConversionError(ValueError):
+    """The Alpaca input is not what the converter expects."""
+
+
+def alpaca_to_conversations(records: list, source: str = "<input>") -> list[dict]:
+    """Convert Alpaca records to MindFormers' conversation records (ids from "1")."""
+    if not isinstance(records, list):
+        raise ConversionError(f"{source}: expected a JSON list of Alpaca records, got a {type(records).__name__}")
+    out = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ConversionError(f"{source}: record {i} is a {type(rec).__name__}, expected an object")
+        missing = [k for k in ("instruction", "output") if not isinstance(rec.get(k), str)]
+        if missing:
+            raise ConversionError(
+                f"{source}: record {i} lacks the string field(s) {missing} (keys seen: {sorted(rec)})"
+            )
+        template = PROMPT_DICT["prompt_input"] if rec.get("input") else PROMPT_DICT["prompt_no_input"]
+        prompt = template.format(instruction=rec["instruction"], input=rec.get("input", ""))
+        out.append(
+            {
+                "id": str(i + 1),
+                "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": rec["output"]}],
+            }
+        )
+    return out
+
+
+def convert(data_path: str | os.PathLike, output_path: str | os.PathLike) -> int:
+    """Convert the file `data_path` into `output_path`; returns the number of records."""
+    data_path, output_path = Path(data_path), Path(output_path)
+    if output_path.exists():
+        raise ConversionError(f"--output_path {output_path} already exists; remove it or choose another name")
+    if not data_path.is_file():
+        raise ConversionError(f"--data_path {data_path} is not a file")
+    text = data_path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ConversionError(f"--data_path {data_path} is empty")
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{data_path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}") from None
+    conversations = alpaca_to_conversations(records, str(data_path))
+    tmp = output_path.with_name(f".{output_path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(conversations, f, ensure_ascii=False, indent=2)
+        os.replace(tmp, output_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(conversations)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data_path", type=str, default="alpaca-data.json")
+    parser.add_argument("--output_path", type=str, default="alpaca-data-conversation.json")
+    args = parser.parse_args(argv)
+    try:
+        n = convert(args.data_path, args.output_path)
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} conversations to {args.output_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
