@@ -1,20 +1,40 @@
-"""Checkpoint loading and saving by path; the format is taken from the file or folder."""
+"""Checkpoint loading and saving by path; the format is taken from the file or folder.
 
-from __future__ import annotations
+Formats: safetensors (single or sharded), MindSpore `.ckpt` (no MindSpore needed), PyTorch `.bin`/`.pt`
+(weights only unless `allow_pickle`), GGUF (dequantized, Hugging Face names) and Hugging Face model
+folders. `convert` renames between Hugging Face and native (MindFormers) names with one key map per model.
+"""
 
-from pathlib import Path
+from torchformers.checkpoint.convert import (
+    MODEL_KEY_MAPS,
+    convert_checkpoint,
+    gguf_to_native,
+    load_native_checkpoint,
+)
+from torchformers.checkpoint.errors import CheckpointError
+from torchformers.checkpoint.formats import (
+    CheckpointReader,
+    check_tensors,
+    detect_format,
+    iter_checkpoint,
+    load_checkpoint,
+    open_checkpoint,
+    save_checkpoint,
+    write_checkpoint,
+)
 
-import torch
-from safetensors.torch import load_file, save_file
-
-__all__ = ["load_checkpoint", "save_checkpoint"]
-
-
-def load_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read every tensor of the checkpoint at `path` into a flat `{name: tensor}` dict."""
-    return load_file(str(path))
-
-
-def save_checkpoint(state_dict: dict[str, torch.Tensor], path: str | Path, *, metadata: dict | None = None) -> None:
-    """Write `state_dict` to `path` in the format its suffix names."""
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path), metadata=metadata)
+__all__ = [
+    "MODEL_KEY_MAPS",
+    "CheckpointError",
+    "CheckpointReader",
+    "check_tensors",
+    "convert_checkpoint",
+    "detect_format",
+    "gguf_to_native",
+    "iter_checkpoint",
+    "load_checkpoint",
+    "load_native_checkpoint",
+    "open_checkpoint",
+    "save_checkpoint",
+    "write_checkpoint",
+]

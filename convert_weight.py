@@ -1,0 +1,78 @@
+"""Weight conversion command line, with MindFormers' arguments (MindFormers `convert_weight.py`).
+
+    python convert_weight.py --model llama --input_path HF_DIR --output_path out/llama.ckpt --dtype bf16
+    python convert_weight.py --model llama --input_path out/llama.ckpt --output_path hf_out/ --reversed
+    python convert_weight.py --model llama --input_path model.gguf --output_path out/model.safetensors
+
+Native output is `.safetensors` or `.ckpt` (by suffix). `--reversed` writes Hugging Face names to
+`.safetensors` (a folder gets `model.safetensors`) or `.bin`. GGUF input also writes `config.json`
+beside the output. Unknown `--key value` pairs are accepted and ignored, as MindFormers forwards them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from torchformers.checkpoint import CheckpointError, convert_checkpoint
+from torchformers.checkpoint.convert import DTYPES, MODEL_KEY_MAPS
+
+
+def str2bool(value: str) -> bool:
+    lowered = str(value).lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Convert weights between Hugging Face, GGUF and native formats.")
+    parser.add_argument("--model", required=True, help=f"model name: {', '.join(sorted(MODEL_KEY_MAPS))}")
+    parser.add_argument("--reversed", action="store_true", help="native -> Hugging Face")
+    parser.add_argument("--input_path", required=True)
+    parser.add_argument("--output_path", required=True)
+    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="cast floating-point weights")
+    parser.add_argument("--qkv_concat", type=str2bool, default=False, help="fused w_qkv layout (not supported)")
+    parser.add_argument("--allow_pickle", action="store_true", help="let a trusted .bin/.pt holding objects load")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        print(f"convert_weight.py: ignoring extra arguments {' '.join(extra)}", file=sys.stderr)
+    if args.qkv_concat:
+        print(
+            "convert_weight.py: --qkv_concat True is not supported: native checkpoints keep separate "
+            "wq/wk/wv and w1/w3 weights; run without --qkv_concat",
+            file=sys.stderr,
+        )
+        return 2
+    start = time.perf_counter()
+    try:
+        config = convert_checkpoint(
+            args.input_path,
+            args.output_path,
+            model=args.model,
+            dtype=args.dtype,
+            reversed=args.reversed,
+            allow_pickle=args.allow_pickle,
+        )
+    except (CheckpointError, ValueError) as exc:
+        print(f"convert_weight.py: {exc}", file=sys.stderr)
+        return 1
+    if config is not None:
+        config_path = Path(args.output_path).parent / "config.json"
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        print(f"wrote {config_path}")
+    print(f"converted {args.input_path} -> {args.output_path} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
