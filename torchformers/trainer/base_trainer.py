@@ -184,6 +184,8 @@ class BaseTrainer:
         """Build the model from `model:`, load `checkpoint` (or `load_checkpoint`), apply `pet_config`."""
         from torchformers.pet import get_pet_model, is_lora_config
 
+        import torchformers.models  # noqa: F401  (registers the library's models)
+
         if not isinstance(config.get("model"), Mapping):
             raise ConfigError(f"{config.source_file}: the config has no 'model' section")
         model = build_model(config.model)
@@ -359,6 +361,7 @@ class BaseTrainer:
 
     def _bare(self, config):
         """The network without loading `load_checkpoint` (its weights come from the resume checkpoint)."""
+        import torchformers.models  # noqa: F401
         from torchformers.pet import get_pet_model, is_lora_config
 
         model = build_model(config.model)

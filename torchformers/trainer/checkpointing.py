@@ -88,6 +88,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from torchformers.checkpoint import save_checkpoint
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
         save_checkpoint(tensors, tmp)

@@ -94,7 +94,8 @@ class AdamW(torch.optim.AdamW):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"optimizer {name}: {key} must lie in [0, 1), got {value}")
         self.lr_schedule = learning_rate if callable(learning_rate) else None
-        lr = float(learning_rate(0) if callable(learning_rate) else learning_rate)
+        # with a schedule the loop sets each step's rate; its peak rate is the initial group value
+        lr = float(getattr(learning_rate, "learning_rate", 0.0) if callable(learning_rate) else learning_rate)
         params = list(params)
         fused = _fused_ok(params) if use_fused in (None, True) else False
         super().__init__(
