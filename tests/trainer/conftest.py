@@ -60,7 +60,9 @@ def tiny_config(output_dir: Path, data: Path, run_mode: str = "train", yaml: Pat
 
     structured = {k: v for k, v in extra.items() if isinstance(v, (list, dict, bool))}
     plain = {k: v for k, v in extra.items() if k not in structured}
-    config = config_from_args(["--config", str(yaml), "--run_mode", run_mode, *tiny_overrides(output_dir, data, **plain)])
+    config = config_from_args(
+        ["--config", str(yaml), "--run_mode", run_mode, *tiny_overrides(output_dir, data, **plain)]
+    )
     for key, value in structured.items():
         config.set_value(key, value)
     return config

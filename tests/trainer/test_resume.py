@@ -38,7 +38,9 @@ def test_stopped_and_resumed_run_matches_uninterrupted_run_bit_for_bit(tmp_path,
     ckpt = {"callbacks": [{"type": "CheckpointMonitor", "prefix": "t", "save_checkpoint_steps": N}]}
     run(tiny_config(part, wiki_parquet, **{**common, **ckpt, "runner_config.stop_step": N}))
     torch.manual_seed(1234)  # the resumed run must not depend on the RNG state it starts with
-    run(tiny_config(part, wiki_parquet, **{**common, **ckpt, "runner_config.stop_step": 2 * N, "resume_training": True}))
+    run(
+        tiny_config(part, wiki_parquet, **{**common, **ckpt, "runner_config.stop_step": 2 * N, "resume_training": True})
+    )
     a, b = losses(full), losses(part)
     assert sorted(b) == list(range(1, 2 * N + 1))
     assert b[2 * N] == a[2 * N]  # bit for bit
@@ -141,7 +143,12 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(tmp_path,
     from torchformers.tools.context import build_context
     from torchformers.trainer import CausalLanguageModelingTrainer
 
-    monitor = {"type": "CheckpointMonitor", "prefix": "n", "save_checkpoint_steps": 2, "checkpoint_format": "safetensors"}
+    monitor = {
+        "type": "CheckpointMonitor",
+        "prefix": "n",
+        "save_checkpoint_steps": 2,
+        "checkpoint_format": "safetensors",
+    }
     config = tiny_config(tmp_path, wiki_parquet, callbacks=[monitor])
     build_context(config)
     trainer = CausalLanguageModelingTrainer()

@@ -45,7 +45,7 @@ def test_pretrain_from_yaml_lowers_loss_and_writes_outputs(tmp_path, wiki_parque
 def test_evaluate_reports_token_weighted_loss_and_perplexity(tmp_path, wiki_parquet):
     from torchformers.trainer import CausalLanguageModelingTrainer
 
-    config = tiny_config(tmp_path, wiki_parquet, run_mode="eval")
+    config = tiny_config(tmp_path, wiki_parquet, run_mode="eval", **{"eval_dataset.data_loader.num_samples": 64})
     trainer = CausalLanguageModelingTrainer()
     torch.manual_seed(0)
     network = trainer.build_network(config)

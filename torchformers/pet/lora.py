@@ -243,10 +243,21 @@ def load_adapters(model: nn.Module, path: str | Path) -> None:
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight (`W + B A * scale`) and put plain `nn.Linear`s back."""
+    """Fold every adapter into its base weight (`W + B A * scale`) and put plain `nn.Linear`s back.
+
+    A weight shared with another module (a tied `lm_head`) is copied first, so the other user keeps
+    the base weight; the merged model then has untied weights."""
+    uses: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        uses[id(param)] = uses.get(id(param), 0) + 1
     for name, module in list(model.named_modules()):
         if not isinstance(module, LoRALinear):
             continue
+        if uses.get(id(module.weight), 0) > 1:
+            logger.warning("merge_lora: %s.weight is tied to another weight; the merged copy is untied", name)
+            module.weight = nn.Parameter(module.weight.detach().clone())
+            if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+                model.config.tie_word_embeddings = False
         with torch.no_grad():
             module.weight.add_(module.delta().to(module.weight.dtype))
         plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")

@@ -182,9 +182,8 @@ class BaseTrainer:
 
     def build_network(self, config, checkpoint: str | None = None):
         """Build the model from `model:`, load `checkpoint` (or `load_checkpoint`), apply `pet_config`."""
-        from torchformers.pet import get_pet_model, is_lora_config
-
         import torchformers.models  # noqa: F401  (registers the library's models)
+        from torchformers.pet import get_pet_model, is_lora_config
 
         if not isinstance(config.get("model"), Mapping):
             raise ConfigError(f"{config.source_file}: the config has no 'model' section")
