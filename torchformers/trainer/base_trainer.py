@@ -5,20 +5,48 @@ model_name: ...}`) and runs a run mode with the whole config:
 `train(config=...)`, `evaluate(config=..., eval_checkpoint=...)`, `predict(config=..., input_data=...,
 batch_size=...)` (MindFormers `mindformers/trainer/base_trainer.py` and
 `causal_language_modeling/causal_language_modeling.py`).
+
+`training_process` follows MindFormers' order: data set, resume checkpoint, network (with LoRA from
+`model_config.pet_config` and activation checkpointing from `recompute_config.recompute`), optimizer
+with weight-decay groups and the LR schedule (`total_steps: -1` from the data), `runner_wrapper`,
+callbacks, then the loop (`train_loop.py`). `runner_config.batch_size` is the per-rank micro-batch;
+`gradient_accumulation_steps` micro-batches make one optimizer step.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from torchformers.tools.logger import logger
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
-from torchformers.tools.register.build import build_model, build_processor, build_tokenizer
+from torchformers.tools.register.build import (
+    build_callback,
+    build_dataset,
+    build_lr,
+    build_model,
+    build_optim,
+    build_processor,
+    build_tokenizer,
+    build_wrapper,
+)
 from torchformers.tools.register.config import ConfigError
 
-__all__ = ["BaseTrainer", "CausalLanguageModelingTrainer", "read_prompts", "write_results"]
+__all__ = [
+    "BaseTrainer",
+    "CausalLanguageModelingTrainer",
+    "apply_activation_checkpointing",
+    "evaluate_loss",
+    "read_prompts",
+    "write_results",
+]
 
 
 def read_prompts(input_data) -> list[str]:
@@ -49,6 +77,92 @@ def write_results(results: list, save_file: str | None) -> Path:
     return path
 
 
+def _dtype(value) -> torch.dtype | None:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    return {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float32": torch.float32, "fp32": torch.float32}.get(str(value).lower())  # fmt: skip
+
+
+def apply_activation_checkpointing(model: nn.Module) -> int:
+    """Recompute each decoder layer in backward (`torch.utils.checkpoint`), wrapping `forward` from outside
+    the model so parameter names stay the same. Returns the number of layers wrapped."""
+    from torch.utils.checkpoint import checkpoint
+
+    layers = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            layers = module
+            break
+    if layers is None:
+        raise ConfigError("recompute_config.recompute: the model has no list of layers to recompute")
+    for layer in layers:
+        original = layer.forward
+
+        @functools.wraps(original)
+        def forward(*args, _original=original, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+            return _original(*args, **kwargs)
+
+        layer.forward = forward
+    return len(layers)
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, dataset, device: torch.device, autocast_dtype=None, max_batches=None) -> dict:
+    """Token-weighted mean cross-entropy and perplexity over `dataset` (samples of seq_length + 1 tokens)."""
+    from torchformers.trainer.wrapper import batch_to_inputs
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    config = getattr(model, "config", None)
+    pad = getattr(config, "pad_token_id", None)
+    ignore = getattr(config, "ignore_token_id", -100)
+    try:
+        for i, batch in enumerate(dataset):
+            if max_batches is not None and i >= max_batches:
+                break
+            inputs = batch_to_inputs(batch, device)
+            ids = inputs["input_ids"]
+            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else _null():
+                if hasattr(model, "compute_loss"):
+                    per_token, mask = model.compute_loss(
+                        ids, inputs.get("labels"), loss_mask=inputs.get("loss_mask"), reduction="none"
+                    )
+                else:  # the contract: eval mode returns logits (B, T, vocab)
+                    logits = model(ids[:, :-1]).float()
+                    targets = inputs.get("labels", ids)[:, 1:].long()
+                    mask = targets != ignore
+                    if pad is not None:
+                        mask &= ids[:, :-1] != pad
+                    per_token = (
+                        torch.nn.functional.cross_entropy(
+                            logits.flatten(0, 1), targets.masked_fill(~mask, 0).flatten(), reduction="none"
+                        ).view_as(mask)
+                        * mask
+                    )
+            total += float(per_token.float().sum())
+            count += int(mask.sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluation data has no tokens to score (every label is masked or the set is empty)")
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _is_train_state(path) -> bool:
+    return isinstance(path, (str, Path)) and Path(path).is_file() and Path(f"{path}.json").is_file()
+
+
 class BaseTrainer:
     """Shared building blocks of task trainers."""
 
@@ -67,7 +181,10 @@ class BaseTrainer:
         raise ConfigError(f"{config.source_file}: predict needs a 'processor.tokenizer' block to turn text into ids")
 
     def build_network(self, config, checkpoint: str | None = None):
-        """Build the model from `model:` and load `checkpoint` (or `load_checkpoint`) into it."""
+        """Build the model from `model:`, load `checkpoint` (or `load_checkpoint`), apply `pet_config`."""
+        import torchformers.models  # noqa: F401  (registers the library's models)
+        from torchformers.pet import get_pet_model, is_lora_config
+
         if not isinstance(config.get("model"), Mapping):
             raise ConfigError(f"{config.source_file}: the config has no 'model' section")
         model = build_model(config.model)
@@ -76,22 +193,199 @@ class BaseTrainer:
             or config.get("load_checkpoint")
             or config.get_value("model.model_config.checkpoint_name_or_path")
         )
+        pet_config = config.get_value("model.model_config.pet_config")
+        lora = is_lora_config(pet_config)
         if checkpoint:
-            model.load_checkpoint(checkpoint)
+            from torchformers.pet.lora import LORA_A
+            from torchformers.trainer.checkpointing import OPTIM_PREFIX, load_model_state, read_weights
+
+            if _is_train_state(checkpoint) or Path(checkpoint).suffix in (".safetensors", ".ckpt"):
+                state = read_weights(checkpoint)
+                prefixes = tuple(f"{p}." for p in OPTIM_PREFIX.values()) + ("optim_",)
+                state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+                if lora and any(k.endswith(LORA_A) for k in state):
+                    get_pet_model(model, pet_config)  # adapters are in the file: wrap first, then load all
+                    lora = False
+                if hasattr(model, "load_checkpoint") and not hasattr(model, "pet_config"):
+                    model.load_checkpoint(state)
+                else:
+                    load_model_state(model, state, str(checkpoint))
+            else:
+                model.load_checkpoint(checkpoint)
             logger.info("loaded checkpoint %s", checkpoint)
-        else:
+        elif config.run_mode in ("finetune", "eval", "predict"):
             logger.warning("no checkpoint given (load_checkpoint): the model has random weights")
+        if lora:
+            get_pet_model(model, pet_config)
         device = getattr(config, "device", None)
         if device is not None:
             model.to(device)
         return model
 
+    def build_dataset(self, config, section: str = "train_dataset"):
+        """Build `<section>_task` with `<section>` as its dataset_config (MindFormers' YAML anchor pattern)."""
+        task = config.get(f"{section}_task")
+        if not isinstance(task, Mapping) or not task.get("type"):
+            raise ConfigError(
+                f"{config.source_file}: '{section}_task' with a 'type' (e.g. CausalLanguageModelDataset) is needed"
+            )
+        task = copy.deepcopy(dict(task))
+        dataset_config = copy.deepcopy(dict(config.get(section) or task.get("dataset_config") or {}))
+        if section == "train_dataset":
+            dataset_config["batch_size"] = int(config.get_value("runner_config.batch_size", 1))
+            dataset_config.setdefault("seed", config.get("seed"))
+        task["dataset_config"] = dataset_config
+        import torchformers.dataset  # noqa: F401  (registers the library's data sets)
+
+        return build_dataset(task)
+
+    def build_callbacks(self, config, extra: list | None = None) -> list:
+        from torchformers.trainer.callbacks import Callback
+
+        callbacks = []
+        for entry in list(config.get("callbacks") or []) + list(extra or []):
+            cb = entry if isinstance(entry, Callback) else build_callback(entry)
+            callbacks.append(cb)
+        return callbacks
+
     # -- run modes ---------------------------------------------------------------------------------
     def train(self, config, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} does not train")
+        return self.training_process(config, **kwargs)
 
-    def evaluate(self, config, eval_checkpoint=None, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} does not evaluate")
+    def finetune(self, config, **kwargs):
+        return self.training_process(config, **kwargs)
+
+    def training_process(
+        self,
+        config,
+        network: nn.Module | None = None,
+        dataset=None,
+        optimizer: torch.optim.Optimizer | None = None,
+        callbacks: list | None = None,
+        eval_dataset=None,
+        **kwargs,
+    ):
+        """Train as the config says; returns the loop's final `RunContext`."""
+        from torchformers.trainer.callbacks import EvalCallBack, MetricsWriter, TensorBoardWriter
+        from torchformers.trainer.checkpointing import find_resume_checkpoint
+        from torchformers.trainer.train_loop import TrainLoop
+
+        device = getattr(config, "device", None) or torch.device("cpu")
+        output_dir = config.get("output_dir") or "./output"
+        rank = int(os.environ.get("RANK", "0"))
+        runner = config.get("runner_config") or {}
+        gas = int(runner.get("gradient_accumulation_steps") or 1)
+        if gas < 1:
+            raise ConfigError(f"runner_config.gradient_accumulation_steps must be >= 1, got {gas}")
+        resume = config.get("resume_training")
+        resume_path = find_resume_checkpoint(output_dir, resume, rank) if resume else None
+        if resume and resume_path is None and isinstance(config.get("load_checkpoint"), str):
+            if _is_train_state(config.load_checkpoint):
+                resume_path = Path(config.load_checkpoint)
+
+        dataset = dataset if dataset is not None else self.build_dataset(config, "train_dataset")
+        if network is None:
+            # a resumed run reads its weights from the resume checkpoint, not from load_checkpoint
+            network = self.build_network(config, checkpoint=None) if resume_path is None else self._bare(config)
+        network.to(device)
+        if config.get_value("recompute_config.recompute"):
+            logger.info("activation checkpointing on %d layers", apply_activation_checkpointing(network))
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        train_model = network
+        if world > 1:
+            train_model = nn.parallel.DistributedDataParallel(network)
+
+        lr_cfg = config.get("lr_schedule")
+        lr_schedule = build_lr(lr_cfg) if isinstance(lr_cfg, Mapping) else None
+        if optimizer is None:
+            optim_cfg = dict(config.get("optimizer") or {"type": "AdamW"})
+            from torchformers.trainer.optimizer import get_optimizer_grouped_parameters
+
+            groups = get_optimizer_grouped_parameters(network, float(optim_cfg.pop("weight_decay", 0.0) or 0.0))
+            default = {"params": groups}
+            if lr_schedule is not None:
+                default["learning_rate"] = lr_schedule
+            optimizer = build_optim(optim_cfg, default_args=default)
+        if lr_schedule is None:
+            lr_schedule = getattr(optimizer, "lr_schedule", None)
+
+        compute_dtype = _dtype(getattr(getattr(network, "config", None), "compute_dtype", None))
+        wrapper_cfg = dict(config.get("runner_wrapper") or {"type": "MFTrainOneStepCell"})
+        step_fn = build_wrapper(
+            wrapper_cfg,
+            default_args={"network": train_model, "optimizer": optimizer, "compute_dtype": compute_dtype,
+                          "device": device},
+        )  # fmt: skip
+
+        micro = int(runner.get("batch_size") or 1)
+        extra = list(callbacks or [])
+        if config.get("do_eval"):
+            eval_data = eval_dataset if eval_dataset is not None else self.build_dataset(config, "eval_dataset")
+            extra.append(
+                EvalCallBack(
+                    functools.partial(evaluate_loss, network, eval_data, device, step_fn.autocast_dtype),
+                    step_interval=int(config.get("eval_step_interval") or 100),
+                    epoch_interval=int(config.get("eval_epoch_interval") or -1),
+                )
+            )
+        cbs = self.build_callbacks(config, extra)
+        if TensorBoardWriter.available():
+            cbs.append(TensorBoardWriter())
+        cbs.append(MetricsWriter())
+        loop = TrainLoop(
+            train_model,
+            optimizer,
+            lr_schedule,
+            dataset,
+            step_fn,
+            epochs=int(runner.get("epochs") or 1),
+            gradient_accumulation_steps=gas,
+            stop_step=int(runner.get("stop_step") or 0),
+            callbacks=cbs,
+            output_dir=output_dir,
+            rank=rank,
+            device=device,
+            global_batch_size=micro * gas * world,
+        )
+        loop.model = network  # checkpoints hold the bare model's names
+        ctx = loop.run(resume_path)
+        self.network, self.optimizer, self.loop = network, optimizer, loop
+        if getattr(network, "pet_config", None) is not None and rank == 0:
+            from torchformers.pet import save_adapters
+
+            path = save_adapters(network, Path(output_dir) / "adapter")
+            logger.info("LoRA adapters saved to %s", path)
+        logger.info("training finished at global step %d, loss %.4f", ctx.global_step, ctx.loss)
+        return ctx
+
+    def _bare(self, config):
+        """The network without loading `load_checkpoint` (its weights come from the resume checkpoint)."""
+        import torchformers.models  # noqa: F401
+        from torchformers.pet import get_pet_model, is_lora_config
+
+        model = build_model(config.model)
+        pet_config = config.get_value("model.model_config.pet_config")
+        if is_lora_config(pet_config):
+            get_pet_model(model, pet_config)
+        return model
+
+    def evaluate(self, config, eval_checkpoint=None, network=None, dataset=None, **kwargs) -> dict:
+        """Loss and perplexity of the model on `eval_dataset`."""
+        device = getattr(config, "device", None) or torch.device("cpu")
+        if network is None:
+            checkpoint = eval_checkpoint if isinstance(eval_checkpoint, str) and eval_checkpoint else None
+            network = self.build_network(config, checkpoint=checkpoint)
+        network.to(device)
+        dataset = dataset if dataset is not None else self.build_dataset(config, "eval_dataset")
+        compute_dtype = _dtype(getattr(getattr(network, "config", None), "compute_dtype", None))
+        param_dtype = next(network.parameters()).dtype
+        autocast = (
+            compute_dtype if compute_dtype in (torch.bfloat16, torch.float16) and compute_dtype != param_dtype else None
+        )
+        metrics = evaluate_loss(network, dataset, device, autocast)
+        logger.info("eval: loss %.4f, perplexity %.4f over %d tokens", metrics["loss"], metrics["perplexity"],
+                    metrics["tokens"])  # fmt: skip
+        return metrics
 
     def predict(self, config, input_data=None, batch_size=None, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not predict")

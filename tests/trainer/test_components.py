@@ -1,0 +1,96 @@
+"""LR schedules, optimizer names and weight-decay groups, loss scaling, activation checkpointing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+
+def test_lr_schedules_follow_warmup_ratio_and_total_steps():
+    from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
+    from torchformers.tools.register.build import build_lr
+
+    lr = build_lr({"type": "CosineWithWarmUpLR", "learning_rate": 1.0, "lr_end": 0.1, "warmup_ratio": 0.1,
+                   "total_steps": -1})  # fmt: skip
+    lr.resolve_total_steps(100)
+    assert lr.warmup_steps == 10
+    assert lr(0) == 0.0 and math.isclose(lr(5), 0.5) and lr(10) == 1.0
+    assert math.isclose(lr(55), 0.1 + 0.9 * 0.5) and math.isclose(lr(100), 0.1)
+    linear = build_lr({"type": "linear", "learning_rate": 2.0, "warmup_steps": 2, "total_steps": 12})
+    assert linear(2) == 2.0 and math.isclose(linear(7), 1.0) and linear(12) == 0.0
+    poly = build_lr({"type": "PolynomialWithWarmUpLR", "learning_rate": 1.0, "total_steps": 10, "power": 2.0,
+                     "lr_end": 0.0})  # fmt: skip
+    assert math.isclose(poly(5), 0.25)
+    const = build_lr({"type": "ConstantWarmUpLR", "learning_rate": 3.0, "warmup_steps": 4})
+    assert const(2) == 1.5 and const(1000) == 3.0
+    restarts = build_lr({"type": "CosineWithRestartsAndWarmUpLR", "learning_rate": 1.0, "total_steps": 20,
+                         "num_cycles": 2})  # fmt: skip
+    assert restarts(0) == 1.0 and math.isclose(restarts(10), 1.0) and restarts(5) < 0.6
+    for alias in ("cosine", "linear", "polynomial", "constant_with_warmup", "cosine_with_restarts"):
+        assert MindFormerRegister.is_exist(MindFormerModuleType.LR, alias)
+    with pytest.raises(ValueError, match="warmup_ratio .* must lie in"):
+        build_lr({"type": "CosineWithWarmUpLR", "learning_rate": 1.0, "warmup_ratio": 3})
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.proj = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "FusedAdamWeightDecay", "FP32StateAdamWeightDecay", "adamw", "fp32_adamw"])
+def test_optimizer_names_build_torch_adamw_with_mindformers_decay_groups(name):
+    from torchformers.tools.register.build import build_optim
+    from torchformers.trainer.optimizer import get_optimizer_grouped_parameters
+
+    model = Tiny()
+    groups = get_optimizer_grouped_parameters(model, 0.1)
+    decay = {id(p) for g in groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    assert decay == {id(model.emb.weight), id(model.proj.weight)}  # bias and 1-D norm weights: no decay
+    opt = build_optim({"type": name, "learning_rate": 1e-3, "beta1": 0.8, "eps": 1e-6}, default_args={"params": groups})
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.param_groups[0]["betas"][0] == 0.8 and opt.defaults["fused"] in (True, None)
+
+
+def test_fp16_compute_uses_dynamic_loss_scale_and_bf16_skips_it():
+    from torchformers.trainer.wrapper import MFTrainOneStepCell
+
+    model = nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sense = {"type": "DynamicLossScaleUpdateCell", "loss_scale_value": 1024, "scale_factor": 2, "scale_window": 5}
+    cell = MFTrainOneStepCell(model, opt, scale_sense=sense, compute_dtype=torch.float16)
+    assert cell.scaler is not None and cell.scaler.get_scale() == 1024.0
+    assert MFTrainOneStepCell(model, opt, scale_sense=sense, compute_dtype=torch.bfloat16).scaler is None
+    fixed = MFTrainOneStepCell(model, opt, scale_sense=128, compute_dtype=torch.float16)
+    assert fixed.fixed_scale == 128.0
+
+
+def test_activation_checkpointing_keeps_names_and_gradients():
+    from torchformers.trainer import apply_activation_checkpointing
+
+    torch.manual_seed(0)
+    layers = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+    model = nn.Module()
+    model.layers = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(2)])
+    x = torch.randn(3, 8)
+
+    def loss_of(m):
+        h = x
+        for layer in m.layers:
+            h = layer(h)
+        return h.pow(2).sum()
+
+    loss_of(model).backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    names = [n for n, _ in model.named_parameters()]
+    assert apply_activation_checkpointing(model) == 2
+    loss_of(model).backward()
+    assert [n for n, _ in model.named_parameters()] == names
+    assert all(torch.allclose(a, p.grad) for a, p in zip(ref, model.parameters()))
+    del layers

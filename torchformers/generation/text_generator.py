@@ -1,0 +1,274 @@
+"""`GenerationMixin.generate`: MindFormers' signature and results, gpt-fast's loop.
+
+Follows MindFormers `mindformers/generation/text_generator.py` for the interface (a list of prompts
+of token ids in, a list of int32 arrays prompt + completion out, several eos ids, min/max length,
+`max_new_tokens`, repetition penalty, temperature / top-k / top-p, streamers) and gpt-fast
+(`generate.py`) for the mechanics: prompts are left-padded into one batch, a static KV cache is
+allocated once, one prefill step runs the prompts, then a one-token decode step (optionally
+`torch.compile`d) runs per new token. Sampling stays on the device; the loop reads one flag per step
+back to stop early once every row has finished.
+
+A model using this mixin implements `setup_kv_cache(batch_size, max_length)`, `clear_kv_cache()`,
+`forward_with_cache(input_ids, position_ids, cache_position, attention_mask) -> (B, vocab)` and
+`prepare_inputs_for_generation`; with `use_past=False` it is called as `model(input_ids,
+position_ids=..., attention_mask=(B, T))` and must return logits `(B, T, vocab)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchformers.generation.generation_config import GenerationConfig
+from torchformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinLengthLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    sample_from_logits,
+)
+
+__all__ = ["GenerateOutput", "GenerationMixin"]
+
+logger = logging.getLogger(__name__)
+
+_CACHE_ALIGN = 64  # cache lengths are rounded up so a compiled decode step is reused across calls
+
+
+@dataclass
+class GenerateOutput:
+    sequences: list[np.ndarray]
+    scores: list[torch.Tensor] | None = None
+    logits: list[torch.Tensor] | None = None
+
+
+def _to_prompts(input_ids: Any, pad_token_id: int, attention_mask: Any = None) -> list[list[int]]:
+    """A list of ids, a list of lists, or a 1-D/2-D array/tensor -> a list of prompts.
+
+    Rows of a 2-D array are cut at their last non-pad token (MindFormers' valid length), or by
+    `attention_mask` when one is given (then left padding works too).
+    """
+    if isinstance(input_ids, torch.Tensor):
+        input_ids = input_ids.detach().cpu().numpy()
+    if isinstance(input_ids, np.ndarray):
+        array = input_ids.reshape(1, -1) if input_ids.ndim == 1 else input_ids
+        if array.ndim != 2:
+            raise ValueError(f"generate: input_ids must be 1-D or 2-D, got shape {input_ids.shape}")
+        if attention_mask is not None:
+            keep = np.asarray(attention_mask.cpu() if isinstance(attention_mask, torch.Tensor) else attention_mask)
+            return [[int(t) for t, k in zip(row, m) if k] for row, m in zip(array, keep.reshape(array.shape))]
+        prompts = []
+        for row in array:
+            valid = np.nonzero(row != pad_token_id)[0]
+            prompts.append([int(t) for t in row[: valid[-1] + 1]] if len(valid) else [])
+        return prompts
+    if isinstance(input_ids, (list, tuple)):
+        if not input_ids:
+            raise ValueError("generate: input_ids is empty")
+        if all(isinstance(t, (int, np.integer)) for t in input_ids):
+            return [[int(t) for t in input_ids]]
+        return [[int(t) for t in row] for row in input_ids]
+    raise TypeError(f"generate: input_ids must be a list of ids, a list of lists, or an array; got {type(input_ids)}")
+
+
+class GenerationMixin:
+    """Adds `generate` to a model (see the module docstring for what the model provides)."""
+
+    def _max_positions(self) -> int:
+        cfg = self.config
+        return max(getattr(cfg, "seq_length", 0) or 0, getattr(cfg, "max_position_embedding", 0) or 0)
+
+    def _build_processors(self, cfg: GenerationConfig, min_lengths: torch.Tensor) -> LogitsProcessorList:
+        processors = LogitsProcessorList()
+        if cfg.repetition_penalty is not None and cfg.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+        if cfg.eos_token_ids and bool((min_lengths > 0).any()):
+            processors.append(MinLengthLogitsProcessor(min_lengths, cfg.eos_token_ids))
+        if cfg.do_sample:
+            if cfg.temperature is not None and cfg.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(cfg.temperature))
+            if cfg.top_k:
+                processors.append(TopKLogitsWarper(int(cfg.top_k)))
+            if cfg.top_p is not None and cfg.top_p < 1.0:
+                processors.append(TopPLogitsWarper(cfg.top_p))
+        return processors
+
+    def _decode_step(self, compile_decode: bool):
+        if not compile_decode:
+            return self.forward_with_cache
+        compiled = self.__dict__.get("_compiled_decode")
+        if compiled is None:
+            mode = "reduce-overhead" if next(self.parameters()).is_cuda else None
+            compiled = torch.compile(self.forward_with_cache, mode=mode, fullgraph=True, dynamic=False)
+            self.__dict__["_compiled_decode"] = compiled
+        return compiled
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Any,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        streamer: Any = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> list[np.ndarray] | GenerateOutput:
+        """Continue each prompt; returns a list of int32 arrays, each the prompt plus its new tokens
+        (up to and including the eos that stopped it), or a `GenerateOutput` with
+        `return_dict_in_generate=True`.
+
+        Args:
+            input_ids: a list of token ids, a list of lists (any lengths), or a 1-D/2-D array/tensor
+                (2-D rows are cut after their last non-pad token, or by `attention_mask=`).
+            generation_config: defaults to `self.generation_config`; `kwargs` override its fields
+                (max_length, max_new_tokens, min_length, min_new_tokens, do_sample, temperature,
+                top_k, top_p, repetition_penalty, eos_token_id (int or list), pad_token_id, use_past,
+                compile_decode, return_dict_in_generate, output_scores, output_logits).
+            logits_processor: extra processors applied after the built-in ones.
+            streamer: a `TextStreamer`/`TextIteratorStreamer` (batch of one prompt only).
+            seed: seeds the sampling generator.
+        """
+        cfg = copy.deepcopy(generation_config or getattr(self, "generation_config", None) or GenerationConfig())
+        attention_mask = kwargs.pop("attention_mask", None)
+        unused = cfg.update(**kwargs)
+        if unused:
+            raise TypeError(f"generate: unknown arguments {sorted(unused)}")
+        pad = 0 if cfg.pad_token_id is None else int(cfg.pad_token_id)
+        eos = cfg.eos_token_ids
+        prompts = _to_prompts(input_ids, pad, attention_mask)
+        lengths = [len(p) for p in prompts]
+        if min(lengths) == 0:
+            raise ValueError("generate: a prompt is empty (give at least one token per prompt)")
+        B = len(prompts)
+        if streamer is not None and B > 1:
+            raise ValueError(f"generate: a streamer needs a single prompt, got a batch of {B}")
+
+        # per-row limits on the total length (prompt + new tokens)
+        limit_cap = self._max_positions()
+        if cfg.max_new_tokens is not None:
+            limits = [n + int(cfg.max_new_tokens) for n in lengths]
+        else:
+            limits = [int(cfg.max_length)] * B
+            too_long = [i for i, n in enumerate(lengths) if n > limits[i]]
+            if too_long:
+                raise ValueError(
+                    f"generate: prompt {too_long[0]} has {lengths[too_long[0]]} tokens, more than max_length "
+                    f"{cfg.max_length}; raise max_length or set max_new_tokens"
+                )
+        if limit_cap and max(limits) > limit_cap:
+            logger.warning("generate: max length %d clipped to the model's %d positions", max(limits), limit_cap)
+            limits = [min(lim, limit_cap) for lim in limits]
+            if any(n > limit_cap for n in lengths):
+                raise ValueError(f"generate: a prompt is longer than the model's {limit_cap} positions")
+        min_total = [max(int(cfg.min_length or 0), n + int(cfg.min_new_tokens or 0)) for n in lengths]
+
+        device = next(self.parameters()).device
+        P = max(lengths)
+        steps = max(lim - n for lim, n in zip(limits, lengths))
+        # left-padded prompts; -1 marks padding in `seqs` (what logits processors see)
+        seqs = torch.full((B, P + steps), -1, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            seqs[i, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
+        seqs = seqs.to(device)
+        valid = seqs[:, :P] >= 0  # (B, P)
+        tokens = seqs[:, :P].clamp(min=0).masked_fill(~valid, pad)
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)  # (B, P) RoPE positions from each row's start
+        lengths_t = torch.tensor(lengths, device=device)
+        limits_t = torch.tensor(limits, device=device)
+        eos_t = torch.tensor(eos if eos else [-2], device=device)
+        processors = self._build_processors(cfg, torch.tensor(min_total, device=device))
+        if logits_processor:
+            processors.extend(logits_processor)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device).manual_seed(int(seed))
+        scores_out, logits_out = [], []
+
+        if streamer is not None:
+            streamer.put(torch.tensor(prompts[0]))
+
+        was_training = self.training
+        self.eval()
+        try:
+            if cfg.use_past:
+                cache_len = -(-(P + steps) // _CACHE_ALIGN) * _CACHE_ALIGN
+                self.setup_kv_cache(B, cache_len)
+                slots = torch.arange(cache_len, device=device)
+                kv_valid = torch.zeros(B, cache_len, dtype=torch.bool, device=device)
+                kv_valid[:, :P] = valid
+                query = torch.arange(P, device=device)[:, None]
+                causal = slots[None, :] <= query  # (P, cache_len)
+                # padded query rows attend to themselves only, so attention stays finite
+                mask = (causal[None] & kv_valid[:, None, :]) | (slots[None, :] == query)[None]
+                inputs = self.prepare_inputs_for_generation(
+                    tokens, position_ids=positions, cache_position=torch.arange(P, device=device),
+                    attention_mask=mask[:, None],
+                )  # fmt: skip
+                logits = self.forward_with_cache(**inputs)  # (B, vocab)
+                decode = self._decode_step(bool(cfg.compile_decode))
+            else:
+                logits = self._full_step(seqs[:, :P], pad)
+
+            done = torch.zeros(B, dtype=torch.bool, device=device)
+            n_run = 0
+            for step in range(steps):
+                scores = processors(seqs[:, : P + step], logits)
+                if cfg.output_logits:
+                    logits_out.append(logits)
+                if cfg.output_scores:
+                    scores_out.append(scores)
+                next_token = sample_from_logits(scores, cfg.do_sample, generator)  # (B,)
+                seqs[:, P + step] = next_token
+                n_run = step + 1
+                done = done | torch.isin(next_token, eos_t) | (lengths_t + step + 1 >= limits_t)
+                if streamer is not None:
+                    streamer.put(next_token.cpu())
+                if step == steps - 1 or bool(done.all()):
+                    break
+                if cfg.use_past:
+                    slot = P + step
+                    kv_valid[:, slot] = True
+                    inputs = self.prepare_inputs_for_generation(
+                        next_token[:, None], position_ids=(lengths_t + step)[:, None],
+                        cache_position=slots[slot : slot + 1], attention_mask=kv_valid[:, None, None, :],
+                    )  # fmt: skip
+                    logits = decode(**inputs)
+                    if cfg.compile_decode:
+                        logits = logits.clone()  # CUDA graph outputs are overwritten by the next replay
+                else:
+                    logits = self._full_step(seqs[:, : P + step + 1], pad)
+        finally:
+            if cfg.use_past:
+                self.clear_kv_cache()
+            self.train(was_training)
+            if streamer is not None:
+                streamer.end()
+
+        generated = seqs[:, P : P + n_run].cpu().numpy()
+        eos_set = set(eos)
+        outputs = []
+        for i, prompt in enumerate(prompts):
+            row = generated[i, : limits[i] - lengths[i]].tolist()
+            for j, t in enumerate(row):
+                if t in eos_set:
+                    row = row[: j + 1]
+                    break
+            outputs.append(np.asarray(prompt + row, dtype=np.int32))
+        if cfg.return_dict_in_generate:
+            return GenerateOutput(outputs, scores_out or None, logits_out or None)
+        return outputs
+
+    def _full_step(self, seqs: torch.Tensor, pad: int) -> torch.Tensor:
+        """use_past=False: run the whole sequence again; logits of the last position, (B, vocab)."""
+        valid = seqs >= 0
+        ids = seqs.clamp(min=0).masked_fill(~valid, pad)
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        inputs = self.prepare_inputs_for_generation(ids, position_ids=positions, attention_mask=valid.long())
+        return self(**inputs)[:, -1].float()

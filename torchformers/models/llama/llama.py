@@ -1,0 +1,413 @@
+"""Llama for causal language modelling, single-device PyTorch.
+
+Structure and parameter names follow MindFormers `mindformers/models/llama/llama.py` (spec §5.4:
+`model.tok_embeddings.embedding_weight`, `model.layers.N.attention.wq.weight`, `feed_forward.w1/w2/w3`,
+`attention_norm`, `ffn_norm`, `model.norm_out.weight`, `lm_head.weight`); the computation follows
+Meta's `llama/model.py` and Hugging Face's `LlamaForCausalLM` (rotate-half RoPE, RMSNorm in fp32,
+SwiGLU, grouped-query attention through `scaled_dot_product_attention`), so Hugging Face weights load
+with a rename only (`LLAMA_HF_KEY_MAP`). Parallelism and compilation are applied from outside.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchformers.generation.kv_cache import StaticKVCache
+from torchformers.models.llama.convert_weight import LLAMA_HF_KEY_MAP
+from torchformers.models.llama.llama_config import LlamaConfig
+from torchformers.models.modeling_utils import PretrainedModel
+from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
+
+__all__ = ["LlamaForCausalLM", "LlamaModel", "rope_frequencies"]
+
+
+def rope_frequencies(config: LlamaConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies `(head_dim/2,)` and the cos/sin scale for `config.extend_method`.
+
+    The same formulas as Hugging Face's `modeling_rope_utils` (llama3, yarn, linear, dynamic) and
+    MindFormers' `FreqsMgr` (PI divides positions = LINEAR; NTK multiplies theta by the factor).
+    """
+    dim, base, method = config.head_size, config.theta, config.extend_method
+    sf = config.scaling_factor
+    factor = float(sf["factor"]) if isinstance(sf, dict) else float(sf)
+    if method == "NTK":
+        base = base * factor
+    if method == "DYNAMIC_NTK":
+        # computed once for the table length (HF recomputes per call; identical up to max_position_embedding)
+        original = config.max_position_embedding
+        length = max(config.seq_length, original)
+        base = base * ((factor * length / original) - (factor - 1)) ** (dim / (dim - 2))
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scale = 1.0
+    if method in ("LINEAR", "PI"):
+        inv_freq = inv_freq / factor
+    elif method == "LLAMA3":
+        old_len = sf["original_max_position_embeddings"]
+        low, high = sf["low_freq_factor"], sf["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
+        inv_freq = torch.where(is_medium, smoothed, scaled)
+    elif method == "YARN":
+        inv_freq, scale = _yarn(sf, dim, base, config.max_position_embedding)
+    return inv_freq, scale
+
+
+def _yarn(sf: dict, dim: int, base: float, max_pos: int) -> tuple[torch.Tensor, float]:
+    """YaRN (arXiv 2309.00071), as Hugging Face's `_compute_yarn_parameters`."""
+    original = sf.get("original_max_position_embeddings") or max_pos
+    factor = sf.get("factor") or max_pos / original
+
+    def mscale_of(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = sf.get("attention_factor")
+    if attention_factor is None:
+        m, m_all = sf.get("mscale"), sf.get("mscale_all_dim")
+        attention_factor = mscale_of(factor, m) / mscale_of(factor, m_all) if m and m_all else mscale_of(factor)
+    beta_fast, beta_slow = sf.get("beta_fast") or 32, sf.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if sf.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+    extrapolation = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, float(attention_factor)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class FreqsMgr(nn.Module):
+    """RoPE cos/sin tables for every position up to `max(max_position_embedding, seq_length)`."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        inv_freq, scale = rope_frequencies(config)
+        length = max(config.max_position_embedding, config.seq_length)
+        freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (L, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (L, hd): rotate-half layout
+        self.register_buffer("cos", (emb.cos() * scale).to(config.rotary_dtype), persistent=False)
+        self.register_buffer("sin", (emb.sin() * scale).to(config.rotary_dtype), persistent=False)
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # position_ids (B, T) -> cos, sin (B, 1, T, hd) to broadcast over heads
+        return self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)
+
+
+class LlamaRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, compute_type: torch.dtype, param_init_type: torch.dtype) -> None:
+        super().__init__()
+        self.eps, self.compute_type = eps, compute_type
+        self.weight = nn.Parameter(torch.ones(dim, dtype=param_init_type))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(self.compute_type)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class LlamaEmbedding(nn.Module):
+    def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.embedding_weight = nn.Parameter(torch.empty(vocab_size, hidden_size, dtype=dtype))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.embedding_weight)
+
+
+class LLamaAttention(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.num_heads, config.kv_heads, config.head_size
+        hidden, dtype, bias = config.hidden_size, config.param_init_type, config.qkv_has_bias
+        self.wq = nn.Linear(hidden, self.n_heads * self.head_dim, bias=bias, dtype=dtype)
+        self.wk = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias, dtype=dtype)
+        self.wv = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias, dtype=dtype)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, hidden, bias=config.attn_proj_has_bias, dtype=dtype)
+        self.kv_cache: StaticKVCache | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache_position: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, hd)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos.to(q.dtype) + rotate_half(q) * sin.to(q.dtype)
+        k = k * cos.to(k.dtype) + rotate_half(k) * sin.to(k.dtype)
+        if cache_position is not None:  # generation: keys/values of all cached slots, (B, n_kv, L, hd)
+            k, v = self.kv_cache.update(cache_position, k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv_heads != self.n_heads
+        )  # (B, n_heads, T, hd)
+        return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class LlamaFeedForward(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        hidden, ffn, dtype = config.hidden_size, config.ffn_hidden_size, config.param_init_type
+        self.w1 = nn.Linear(hidden, ffn, bias=False, dtype=dtype)  # gate
+        self.w2 = nn.Linear(ffn, hidden, bias=False, dtype=dtype)  # down
+        self.w3 = nn.Linear(hidden, ffn, bias=False, dtype=dtype)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class LLamaDecodeLayer(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        norm_args = (config.hidden_size, config.rms_norm_eps, config.layernorm_compute_type, config.param_init_type)
+        self.attention_norm = LlamaRMSNorm(*norm_args)
+        self.attention = LLamaAttention(config)
+        self.ffn_norm = LlamaRMSNorm(*norm_args)
+        self.feed_forward = LlamaFeedForward(config)
+
+    def forward(self, x, cos, sin, mask, cache_position=None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache_position)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = LlamaEmbedding(config.vocab_size, config.hidden_size, config.embedding_init_type)
+        self.layers = nn.ModuleList(LLamaDecodeLayer(config) for _ in range(config.num_layers))
+        self.norm_out = LlamaRMSNorm(
+            config.hidden_size, config.rms_norm_eps, config.layernorm_compute_type, config.param_init_type
+        )
+        self.freqs_mgr = FreqsMgr(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        input_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache_position: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        c = self.config
+        h = self.tok_embeddings(input_ids) if input_embeds is None else input_embeds  # (B, T, hidden)
+        if position_ids is None:
+            position_ids = torch.arange(h.shape[1], device=h.device).unsqueeze(0)  # (1, T)
+        cos, sin = self.freqs_mgr(position_ids)
+        # weights stored in another dtype than compute_dtype (MindFormers' mixed precision): autocast
+        mixed = c.param_init_type != c.compute_dtype or c.embedding_init_type != c.compute_dtype
+        with torch.autocast(h.device.type, dtype=c.compute_dtype) if mixed else nullcontext():
+            for layer in self.layers:
+                h = layer(h, cos, sin, mask, cache_position)
+        return self.norm_out(h)
+
+
+@MindFormerRegister.register(MindFormerModuleType.MODELS)
+class LlamaForCausalLM(PretrainedModel):
+    """Llama with a language-model head.
+
+    `forward` behaves as MindFormers' `construct`:
+
+    * training (`model.train()`): `input_ids` holds `seq_length + 1` tokens; the model predicts
+      `input_ids[:, 1:]` (or `labels[:, 1:]`) from `input_ids[:, :-1]`, ignoring positions whose input
+      is `pad_token_id` or whose label is `ignore_token_id` (or `loss_mask == 0`); returns the scalar
+      per-token mean cross-entropy.
+    * inference (`model.eval()`): returns float32 logits `(B, T, vocab)`, or `(B, vocab)` for the last
+      valid token of each row when `batch_valid_length` is given.
+
+    Eval loss / perplexity: call `model.compute_loss(input_ids, labels, loss_mask=None,
+    reduction="mean" | "sum" | "none")` under `torch.no_grad()` in any mode; it applies the same shift
+    and masks as training. `reduction="none"` returns `(per_token_loss, mask)`, both `(B, seq_length)`.
+    """
+
+    config_class = LlamaConfig
+    base_model_prefix = "model"
+    hf_key_map = LLAMA_HF_KEY_MAP
+    _tied_weights_keys = ["lm_head.weight"]
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq$"]
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=config.param_init_type)
+        self.tie_weights()
+        self.post_init()
+
+    def init_buffers(self, device: torch.device | str) -> None:
+        """Rebuild the RoPE tables (non-persistent buffers) on `device`, e.g. after meta-device construction."""
+        self.model.freqs_mgr = FreqsMgr(self.config).to(device)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.tok_embeddings.embedding_weight
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_method_std
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, LlamaEmbedding):
+            nn.init.normal_(module.embedding_weight, std=std)
+
+    # ------------------------------------------------------------------ MindFormers interface
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        labels: torch.Tensor | None = None,
+        input_position=None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_embeds: torch.Tensor | None = None,
+        init_reset=None,
+        batch_valid_length: torch.Tensor | None = None,
+        batch_index=None,
+        zactivate_len=None,
+        block_tables=None,
+        slot_mapping=None,
+        prefix_keys_values=None,
+        llm_boost_inputs=None,
+        q_seq_lens=None,
+        loss_mask: torch.Tensor | None = None,
+        gather_index=None,
+        seq_range=None,
+        actual_seq_len=None,
+    ) -> torch.Tensor:
+        """MindFormers' argument list. input_position, init_reset, batch_index, zactivate_len,
+        block_tables, slot_mapping, llm_boost_inputs and q_seq_lens (Ascend paged attention and
+        deprecated inputs) are accepted and ignored. `attention_mask` may be a `(B, T)` 1/0 padding mask
+        or a boolean `(B, 1, T, T)` mask (True = attend)."""
+        for name, value in (("prefix_keys_values", prefix_keys_values), ("gather_index", gather_index),
+                            ("seq_range", seq_range), ("actual_seq_len", actual_seq_len)):  # fmt: skip
+            if value is not None:
+                raise NotImplementedError(f"LlamaForCausalLM.forward: {name} is not supported on PyTorch")
+        if self.training:
+            return self.compute_loss(input_ids, labels, loss_mask=loss_mask, input_embeds=input_embeds)
+        T = (input_ids if input_ids is not None else input_embeds).shape[1]
+        mask = _attention_mask(attention_mask, T)
+        hidden = self.model(input_ids, input_embeds, position_ids, mask)  # (B, T, hidden)
+        if batch_valid_length is not None:  # only the last valid token of each row, (B, hidden)
+            last = batch_valid_length.long().view(-1) - 1
+            hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.lm_head(hidden).float()
+
+    def compute_loss(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        input_embeds: torch.Tensor | None = None,
+        reduction: str = "mean",
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Shifted next-token cross-entropy on `seq_length + 1` tokens (see the class docstring)."""
+        tokens = input_ids[:, :-1]  # (B, S)
+        embeds = input_embeds[:, :-1] if input_embeds is not None else None
+        targets = (labels if labels is not None else input_ids)[:, 1:].long()  # (B, S)
+        if loss_mask is not None:
+            mask = loss_mask[:, 1:] if loss_mask.shape[1] == input_ids.shape[1] else loss_mask
+            mask = mask.float()
+        else:
+            mask = ((tokens != self.config.pad_token_id) & (targets != self.config.ignore_token_id)).float()
+        logits = self.lm_head(self.model(tokens, embeds)).float()  # (B, S, vocab)
+        safe_targets = targets.masked_fill(targets == self.config.ignore_token_id, 0)
+        per_token = F.cross_entropy(logits.flatten(0, 1), safe_targets.flatten(), reduction="none")
+        per_token = per_token.view_as(mask) * mask
+        if reduction == "none":
+            return per_token, mask
+        if reduction == "sum":
+            return per_token.sum()
+        if reduction != "mean":
+            raise ValueError(f"compute_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        return per_token.sum() / (mask.sum() + 1e-8)
+
+    # ------------------------------------------------------------------ generation hooks
+    def setup_kv_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None) -> None:
+        """Allocate a static KV cache of `max_length` slots in every layer (replacing any previous one)."""
+        device = self.model.tok_embeddings.embedding_weight.device
+        dtype = dtype or self.config.compute_dtype
+        for layer in self.model.layers:
+            attn = layer.attention
+            attn.kv_cache = StaticKVCache(batch_size, attn.n_kv_heads, max_length, attn.head_dim, dtype, device)
+
+    def clear_kv_cache(self) -> None:
+        for layer in self.model.layers:
+            layer.attention.kv_cache = None
+
+    def kvcache(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = self.model.layers[layer_idx].attention.kv_cache
+        if cache is None:
+            raise RuntimeError("kvcache: no KV cache is set up (call setup_kv_cache or generate first)")
+        return cache.key_cache, cache.value_cache
+
+    def forward_with_cache(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache_position: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """One prefill or decode step through the KV cache; float32 logits of the last position, (B, vocab).
+
+        `input_ids` (B, T) are written to cache slots `cache_position` (T,) with RoPE positions
+        `position_ids` (B, T); `attention_mask` (B, 1, T, max_length) is boolean, True = attend.
+        """
+        hidden = self.model(input_ids, None, position_ids, attention_mask, cache_position)  # (B, T, hidden)
+        return self.lm_head(hidden[:, -1]).float()
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
+        """Inputs of one generation step: the token ids plus the step's positions and mask as given."""
+        inputs = {"input_ids": input_ids}
+        for key in ("position_ids", "attention_mask", "cache_position"):
+            if kwargs.get(key) is not None:
+                inputs[key] = kwargs[key]
+        return inputs
+
+    def prepare_inputs_for_predict_layout(self, input_ids=None, **kwargs) -> tuple:
+        """Inputs with the predict shapes, on the meta device: `(input_ids,)` of `(batch_size, seq_length)`.
+
+        The parallel code builds the model on the meta device, applies tensor/pipeline parallelism and
+        FSDP to it, and traces `model(*inputs)` with these inputs (no memory, no weights) to check
+        the sharded layout and derive each rank's shapes; only then are the sharded weights
+        materialised and loaded from the checkpoint.
+        """
+        if input_ids is not None:
+            shape = tuple(input_ids.shape)
+        else:
+            shape = (self.config.batch_size, self.config.seq_length)
+        return (torch.empty(shape, dtype=torch.long, device="meta"),)
+
+    def to_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.tok_embeddings(tokens)
+
+
+def _attention_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
+    """A `(B, T)` padding mask becomes a boolean `(B, 1, T, T)` causal mask; None means plain causal."""
+    if attention_mask is None or attention_mask.dim() == 4:
+        return attention_mask if attention_mask is None else attention_mask.bool()
+    keep = attention_mask.bool()  # (B, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=keep.device).tril()
+    mask = causal[None, None] & keep[:, None, None, :]  # (B, 1, T, T)
+    # padded rows see nothing; let them see themselves so attention stays finite
+    return mask | torch.eye(T, dtype=torch.bool, device=keep.device)[None, None]

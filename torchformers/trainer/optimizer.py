@@ -1,0 +1,135 @@
+"""Optimizers registered under OPTIMIZER with MindFormers' names, built on `torch.optim`.
+
+MindFormers' `AdamW`, `FusedAdamWeightDecay` and `FP32StateAdamWeightDecay` (and the lower-case
+aliases of `core/optim/build_optim.py`: `adamw`, `fused_adamw`, `fp32_adamw`) all become
+`torch.optim.AdamW` (decoupled weight decay, bias-corrected moments, fp32 states for fp32 weights),
+using the fused kernel where the parameters allow it and the foreach one otherwise. The
+`beta1`/`beta2` arguments of the `AdamWeightDecay` family and the `betas` pair of `AdamW` are both
+accepted. MindSpore's `AdamWeightDecay` has no bias correction; `torch.optim.AdamW` has.
+
+Weight-decay groups follow `mindformers/core/optim/optimizer_grouped_parameters.py`: parameters of
+one dimension and names ending in `.bias` get no decay; a model with `no_weight_decay()` /
+`no_weight_decay_keywords()` names the skipped ones itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from torchformers.tools.logger import logger
+from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
+from torchformers.tools.register.config import ConfigError
+
+__all__ = ["AdamW", "FP32StateAdamWeightDecay", "FusedAdamWeightDecay", "get_optimizer_grouped_parameters"]
+
+
+def get_optimizer_grouped_parameters(model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
+    """`[{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]` of trainable params."""
+    skip_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    skip_keywords = tuple(model.no_weight_decay_keywords()) if hasattr(model, "no_weight_decay_keywords") else ()
+    groups: dict[str, dict] = {}
+    names: dict[str, list[str]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if skip_names or skip_keywords:
+            no_decay = name in skip_names or any(k in name for k in skip_keywords)
+        else:
+            no_decay = param.ndim == 1 or name.endswith(".bias")
+        key = "no_decay" if no_decay else "decay"
+        group = groups.setdefault(key, {"params": [], "weight_decay": 0.0 if no_decay else float(weight_decay)})
+        group["params"].append(param)
+        names.setdefault(key, []).append(name)
+    if not groups:
+        raise ConfigError("the model has no trainable parameters (all have requires_grad=False)")
+    logger.debug("param groups: %s", {k: len(v) for k, v in names.items()})
+    return list(groups.values())
+
+
+def _fused_ok(params: list) -> bool:
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    return (
+        all(
+            isinstance(p, torch.Tensor)
+            and p.device.type in ("cpu", "cuda")
+            and p.dtype in (torch.float32, torch.bfloat16)
+            for p in tensors
+        )
+        and len({p.device.type for p in tensors}) == 1
+    )
+
+
+class AdamW(torch.optim.AdamW):
+    """MindFormers' `AdamW(params, learning_rate, betas, eps, weight_decay, ...)` as `torch.optim.AdamW`.
+
+    `learning_rate` may be a number or an LR schedule (a callable of the step); with a schedule the
+    initial rate is the schedule's rate at step 0 and `lr_schedule` is kept for the trainer to apply.
+    """
+
+    def __init__(
+        self,
+        params,
+        learning_rate=1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        beta1: float | None = None,
+        beta2: float | None = None,
+        use_fused: bool | None = None,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        **ignored,
+    ) -> None:
+        name = type(self).__name__
+        ignored.pop("type", None)
+        for key in ("swap", "offload", "clip"):  # MindSpore memory options with no PyTorch meaning here
+            ignored.pop(key, None)
+        if ignored:
+            raise ConfigError(f"optimizer {name}: unknown arguments {sorted(ignored)}")
+        b1, b2 = (list(betas) + [None, None])[:2] if betas is not None else (0.9, 0.999)
+        b1 = float(beta1 if beta1 is not None else b1)
+        b2 = float(beta2 if beta2 is not None else b2)
+        for key, value in (("beta1", b1), ("beta2", b2)):
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"optimizer {name}: {key} must lie in [0, 1), got {value}")
+        self.lr_schedule = learning_rate if callable(learning_rate) else None
+        # with a schedule the loop sets each step's rate; its peak rate is the initial group value
+        lr = float(getattr(learning_rate, "learning_rate", 0.0) if callable(learning_rate) else learning_rate)
+        params = list(params)
+        fused = _fused_ok(params) if use_fused in (None, True) else False
+        super().__init__(
+            params,
+            lr=lr,
+            betas=(b1, b2),
+            eps=float(eps),
+            weight_decay=float(weight_decay),
+            amsgrad=amsgrad,
+            maximize=maximize,
+            fused=fused or None,
+            foreach=None if fused else True,
+        )
+
+
+class FusedAdamWeightDecay(AdamW):
+    """MindFormers' `FusedAdamWeightDecay(params, learning_rate, beta1, beta2, eps=1e-6, weight_decay)`."""
+
+    def __init__(self, params, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, **kwargs):
+        super().__init__(params, learning_rate, None, eps, weight_decay, beta1=beta1, beta2=beta2, **kwargs)
+
+
+class FP32StateAdamWeightDecay(FusedAdamWeightDecay):
+    """MindFormers' `FP32StateAdamWeightDecay`: moments in fp32 (torch keeps them in the weights' dtype,
+    which is fp32 for fp32 master weights)."""
+
+
+for _cls, _aliases in (
+    (AdamW, ()),
+    (FusedAdamWeightDecay, ("fused_adamw",)),
+    (FP32StateAdamWeightDecay, ("fp32_adamw",)),
+):
+    MindFormerRegister.register_cls(_cls, MindFormerModuleType.OPTIMIZER)
+    for _alias in _aliases:
+        MindFormerRegister.register_cls(_cls, MindFormerModuleType.OPTIMIZER, alias=_alias)
+# `adamw` is MindSpore's nn.AdamWeightDecay in MindFormers; the same torch AdamW here.
+MindFormerRegister.register_cls(FusedAdamWeightDecay, MindFormerModuleType.OPTIMIZER, alias="adamw")
