@@ -173,6 +173,8 @@ class BaseTrainer:
     # -- building ----------------------------------------------------------------------------------
     def build_tokenizer(self, config):
         processor_cfg = config.get("processor")
+        if isinstance(processor_cfg, Mapping):  # apply_chat_template is read by predict, not by the processor
+            processor_cfg = {k: v for k, v in processor_cfg.items() if k != "apply_chat_template"}
         if isinstance(processor_cfg, Mapping) and isinstance(processor_cfg.get("tokenizer"), Mapping):
             if processor_cfg.get("type"):
                 processor = build_processor(processor_cfg)
@@ -404,9 +406,12 @@ class CausalLanguageModelingTrainer(BaseTrainer):
         model.eval()
         text_generator = pipeline("text_generation", model=model, tokenizer=tokenizer)
         batch_size = batch_size or config.get("predict_batch_size") or len(prompts)
+        if config.get_value("processor.apply_chat_template"):
+            # each prompt becomes a user turn of the tokenizer's chat template
+            prompts = [[{"role": "user", "content": p}] for p in prompts]
         results = []
         for start in range(0, len(prompts), batch_size):
-            results.extend(text_generator(prompts[start : start + batch_size]))
+            results.extend(text_generator(prompts[start : start + batch_size], batch_size=batch_size))
         path = write_results(results, config.get("save_file"))
         for item in results:
             logger.info("output result is: %s", item)
