@@ -86,8 +86,12 @@ def runs(tmp_path_factory, wiki_bytes):
         ("dp2", "train", {**_layout(dp=2), **SAVE}, dp2_out),
         ("fsdp2", "train", _layout(dp=2, **{"parallel.enable_parallel_optimizer": True}), None),
         ("tp2", "train", _layout(mp=2), None),
-        ("tp2_sp_vocab", "train", _layout(mp=2, **{"parallel_config.use_seq_parallel": True,
-                                                   "parallel_config.vocab_emb_dp": False}), None),  # fmt: skip
+        (
+            "tp2_sp_vocab",
+            "train",
+            _layout(mp=2, **{"parallel_config.use_seq_parallel": True, "parallel_config.vocab_emb_dp": False}),
+            None,
+        ),  # fmt: skip
         ("pp2", "train", _layout(pp=2, **{"parallel_config.micro_batch_num": 2}, **UNTIED), None),
         ("resume_tp2", "train", _layout(mp=2, resume_training=str(step3)), None),
     ]
@@ -96,12 +100,22 @@ def runs(tmp_path_factory, wiki_bytes):
         plan["scenarios"].append({"name": name, "kind": kind, "overrides": overrides,
                                   "output_dir": str(out or root / name)})  # fmt: skip
     gen = _layout(mp=2, **{"parallel_config.vocab_emb_dp": False}, **UNTIED)
-    plan["scenarios"].append({"name": "gen_tp2", "kind": "generate", "overrides": gen, "checkpoint": str(full),
-                              "prompts": prompts, "max_new_tokens": 6, "output_dir": str(root / "gen_tp2")})
+    plan["scenarios"].append(
+        {
+            "name": "gen_tp2",
+            "kind": "generate",
+            "overrides": gen,
+            "checkpoint": str(full),
+            "prompts": prompts,
+            "max_new_tokens": 6,
+            "output_dir": str(root / "gen_tp2"),
+        }
+    )
     (root / "plan.json").write_text(json.dumps(plan))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    worker = REPO / "tests" / "parallel" / "worker.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(REPO / "tests" / "parallel" / "worker.py"), str(root / "plan.json")]  # fmt: skip
+           "--master_port", str(_free_port()), str(worker), str(root / "plan.json")]  # fmt: skip
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -157,7 +157,8 @@ def _load_full_into(model: nn.Module, path: Path) -> None:
                 continue
             if tuple(tensor.shape) != tuple(target.shape):
                 raise ConfigError(
-                    f"checkpoint {path}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}"
+                    f"checkpoint {path}: {name} has shape {tuple(tensor.shape)}, "
+                    f"the model expects {tuple(target.shape)}"
                 )
             tensor = tensor.to(device=target.device, dtype=target.dtype)
             if isinstance(target, DTensor):

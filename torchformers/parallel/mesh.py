@@ -47,8 +47,8 @@ class ParallelDims:
         product = self.dp * self.tp * self.pp
         if product != self.world_size:
             raise ConfigError(
-                f"{self.source}: parallel_config.data_parallel ({self.dp}) x model_parallel ({self.tp}) x pipeline_stage "
-                f"({self.pp}) = {product}, but {self.world_size} process(es) were started; "
+                f"{self.source}: parallel_config.data_parallel ({self.dp}) x model_parallel ({self.tp}) x "
+                f"pipeline_stage ({self.pp}) = {product}, but {self.world_size} process(es) were started; "
                 f"launch {product} processes (torchrun --nproc_per_node / msrun_launcher.sh WORKER_NUM) "
                 "or change parallel_config so the product equals the number of processes"
             )

@@ -158,7 +158,7 @@ def apply_tensor_parallel(
         else:
             plan["attention_norm"] = ReplicateParallel()
             plan["ffn_norm"] = ReplicateParallel()
-        for name, param in layer.named_parameters():
+        for name, _ in layer.named_parameters():
             if not any(name.startswith(p + ".") for p in plan):
                 raise ConfigError(f"tensor parallel: no sharding rule for parameter {name} of a decoder layer")
         parallelize_module(layer, tp_mesh, plan, src_data_rank=src_data_rank)

@@ -120,9 +120,8 @@ class TrainLoop:
 
     def save_weights(self, monitor: CheckpointMonitor, ctx: RunContext) -> None:
         """Weights only (`checkpoint_network/`) and, for LoRA or save_trainable_params, the trainable ones."""
-        from torchformers.trainer.checkpointing import atomic_save_tensors
-
         from torchformers.parallel.checkpoint import full_model_state, is_distributed_model
+        from torchformers.trainer.checkpointing import atomic_save_tensors
 
         lora = getattr(self.model, "pet_config", None) is not None
         name = monitor.file_name(ctx)
