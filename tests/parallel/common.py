@@ -15,6 +15,7 @@ def tiny_parallel_config(output_dir: Path, data: Path, **overrides):
     values = {
         "runner_config.stop_step": STEPS,
         "callbacks": [],
+        "lr_schedule.warmup_ratio": 0.0,  # full learning rate from step 1, so the steps differ visibly
         "model.model_config.num_heads": 4,
         "model.model_config.n_kv_heads": 2,
         **overrides,
