@@ -161,7 +161,8 @@ def _load_hf_folder(path: Path, role: str, dtype: torch.dtype | None) -> Side:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    return Side(role, str(path), model, "transformers", _key_map(config.model_type), config, path)
+    tokenizer = path if _has_tokenizer(path) else None
+    return Side(role, str(path), model, "transformers", _key_map(config.model_type), config, tokenizer)
 
 
 def _load_native_folder(path: Path, role: str, dtype: torch.dtype | None) -> Side:
@@ -503,11 +504,6 @@ def _forward(side: Side, ids: torch.Tensor, names: set[str]) -> list[_Event]:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _ancestors(name: str, pairs: dict[str, str]) -> list[str]:
-    parts = name.split(".")
-    return [p for p in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)) if p in pairs]
 
 
 def _compare_forward(
