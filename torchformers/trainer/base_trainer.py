@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
-from torchformers.tools.logger import logger
+from torchformers.tools.logger import get_rank, logger
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 from torchformers.tools.register.build import (
     build_callback,
@@ -395,12 +395,27 @@ class BaseTrainer:
 class CausalLanguageModelingTrainer(BaseTrainer):
     """Causal language modelling: pretrain / finetune / evaluate (loss, perplexity) / text generation."""
 
+    def _build_predict_network(self, config):
+        """The model for predict: sharded with `parallel_config` under torchrun with `use_parallel`
+        (built on the meta device, so no rank holds the whole model), else a plain single-device model."""
+        import torch.distributed as dist
+
+        if not (config.get("use_parallel") and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.build_network(config)
+        from torchformers.parallel.mesh import parallel_dims_from_config
+        from torchformers.parallel.parallelize import build_parallel_model
+
+        dims = parallel_dims_from_config(config)
+        checkpoint = config.get("load_checkpoint") or None
+        model, _ = build_parallel_model(config.model, dims, config.device, checkpoint=checkpoint)
+        return model
+
     def predict(self, config, input_data=None, batch_size=None, network=None, tokenizer=None, **kwargs):
         from torchformers.pipeline import pipeline
 
         prompts = read_prompts(input_data if input_data is not None else config.get("input_data"))
         tokenizer = tokenizer or self.build_tokenizer(config)
-        model = network or self.build_network(config)
+        model = network or self._build_predict_network(config)
         model.eval()
         text_generator = pipeline("text_generation", model=model, tokenizer=tokenizer)
         batch_size = batch_size or config.get("predict_batch_size") or len(prompts)
@@ -410,6 +425,8 @@ class CausalLanguageModelingTrainer(BaseTrainer):
         results = []
         for start in range(0, len(prompts), batch_size):
             results.extend(text_generator(prompts[start : start + batch_size], batch_size=batch_size))
+        if get_rank() != 0:  # every rank generates the same text under tensor parallelism
+            return results
         path = write_results(results, config.get("save_file"))
         for item in results:
             logger.info("output result is: %s", item)
