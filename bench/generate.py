@@ -4,7 +4,9 @@ Default shape is SmolLM2-135M (hidden 576, 30 layers, 9 heads / 3 KV, FFN 1536, 
 fp32 on CPU, prompts of 32 tokens, 128 new tokens, batch 1 and 8, greedy. Both sides time
 `generate(max_new_tokens=1)` (prefill + one sampling step) and `generate(max_new_tokens=N)`; decode
 tokens/s = batch * (N - 1) / (t_N - t_1). Peak memory is the largest resident-set growth above the
-level before the call (sampled every 2 ms). Ours runs with `prepare_for_cpu_inference` unless
+level before the call
+(sampled every 2 ms: working memory; the weights are listed separately). Times are the best of
+`--repeats` runs. Ours runs with `prepare_for_cpu_inference` unless
 `--no-prepack`; `--also-unpacked` adds a row without it.
 
     PYTHONPATH=. python bench/generate.py                      # full size
@@ -50,18 +52,34 @@ class PeakRSS:
         self.growth = self.peak - self.base
 
 
+def weight_mib(model: torch.nn.Module) -> float:
+    """Parameter bytes plus prepacked copies (which are plain attributes, not parameters)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    for m in model.modules():
+        packed = getattr(m, "packed_weight", None)
+        if packed is not None:
+            total += packed.numel() * packed.element_size()
+    return total / 2**20
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
 
 
-def measure(name, run, batch, prompt_len, new_tokens):
+def measure(name, run, batch, prompt_len, new_tokens, repeats):
     """run(n) generates n new tokens for the batch and returns the token rows."""
     run(2)  # warm-up
-    t1, _ = timed(lambda: run(1))
+    t1 = min(timed(lambda: run(1))[0] for _ in range(repeats))
     with PeakRSS() as mem:
         tn, rows = timed(lambda: run(new_tokens))
+    for _ in range(repeats - 1):
+        tn = min(tn, timed(lambda: run(new_tokens))[0])
     return {
         "name": name,
         "batch": batch,
@@ -89,7 +107,11 @@ def main() -> None:
     p.add_argument("--also-unpacked", action="store_true", help="also time ours without prepacking")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2, help="best of this many timed runs")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import transformers
 
@@ -112,6 +134,7 @@ def main() -> None:
         prepare_for_cpu_inference(ours)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
     print(f"model: {n_params / 1e6:.1f}M parameters, fp32, prompt {args.prompt_len}, {args.new_tokens} new tokens")
+    print(f"weights held: transformers {weight_mib(hf):.0f} MiB, torchformers {weight_mib(ours):.0f} MiB")
 
     results = []
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
@@ -130,12 +153,12 @@ def main() -> None:
 
         with torch.inference_mode():
             rows = [measure("torchformers" + ("" if args.no_prepack else " (prepacked)"), run_ours, batch,
-                            args.prompt_len, args.new_tokens)]  # fmt: skip
+                            args.prompt_len, args.new_tokens, args.repeats)]  # fmt: skip
             if unpacked is not None:
                 rows.append(measure("torchformers (F.linear)", lambda n: run_ours(n, unpacked), batch,
-                                    args.prompt_len, args.new_tokens))  # fmt: skip
+                                    args.prompt_len, args.new_tokens, args.repeats))  # fmt: skip
             if not args.skip_hf:
-                rows.append(measure("transformers", run_hf, batch, args.prompt_len, args.new_tokens))
+                rows.append(measure("transformers", run_hf, batch, args.prompt_len, args.new_tokens, args.repeats))
         results.append(rows)
 
     header = ("impl", "batch", "prefill ms", "prefill tok/s", "decode tok/s", "peak MiB")
