@@ -100,7 +100,9 @@ def test_greedy_generation_matches_transformers(variant):
     for i, p in enumerate(prompts):
         assert got[i].tolist() == p + reference[i, width:].tolist()
     # the recompute path (no KV cache) gives the same tokens
-    again = ours.generate(prompts, max_new_tokens=32, min_new_tokens=32, do_sample=False, eos_token_id=2, use_past=False)
+    again = ours.generate(
+        prompts, max_new_tokens=32, min_new_tokens=32, do_sample=False, eos_token_id=2, use_past=False
+    )
     assert [a.tolist() for a in again] == [a.tolist() for a in got]
 
 
@@ -143,7 +145,9 @@ def test_kv_cache_decode_matches_full_recompute(variant):
         valid[:, :prompt] = True
         causal = torch.arange(32)[None, :] <= torch.arange(prompt)[:, None]
         positions = torch.arange(prompt).expand(B, prompt)
-        logits = ours.forward_with_cache(ids[:, :prompt], positions, torch.arange(prompt), causal[None, None] & valid[:, None, None])
+        logits = ours.forward_with_cache(
+            ids[:, :prompt], positions, torch.arange(prompt), causal[None, None] & valid[:, None, None]
+        )
         assert (logits - full[:, prompt - 1]).abs().max().item() <= 1e-4
         for t in range(prompt, prompt + steps):
             valid[:, t] = True

@@ -60,7 +60,7 @@ def prepare_for_cpu_inference(model: nn.Module, batch_size_hint: int = 1) -> nn.
         logger.info("prepare_for_cpu_inference: not an fp32 CPU model with oneDNN available; left unchanged")
         return model
     model.eval()
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Linear:
                 setattr(module, child_name, PackedLinear(child, batch_size_hint))

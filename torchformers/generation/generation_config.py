@@ -4,7 +4,9 @@ Defaults are MindFormers'; `from_model_config` copies matching fields of the mod
 `LlamaConfig` (top_k=5, do_sample=True, max_decode_length=1024) sets the generation defaults unless
 the YAML or the call says otherwise. Two PyTorch additions: `use_past` defaults to True (the static
 KV cache costs only memory; pass `use_past=False` to recompute the whole sequence each step) and
-`compile_decode` wraps the one-token decode step in `torch.compile`.
+`compile_decode` wraps the one-token decode step in `torch.compile` (the KV cache is then kept
+between calls so the compiled step is reused; `model.clear_kv_cache()` frees it). On CPU,
+`prepare_for_cpu_inference` is the faster route and the two do not combine.
 """
 
 from __future__ import annotations

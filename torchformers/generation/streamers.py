@@ -50,7 +50,9 @@ def _is_cjk(text: str) -> bool:
 class TextStreamer(BaseStreamer):
     """Print decoded text to stdout as it is generated."""
 
-    def __init__(self, tokenizer: Any = None, skip_prompt: bool = False, skip_special_tokens: bool = True, **decode_kwargs):
+    def __init__(
+        self, tokenizer: Any = None, skip_prompt: bool = False, skip_special_tokens: bool = True, **decode_kwargs
+    ):
         self.tokenizer = tokenizer
         self.skip_prompt = skip_prompt
         self.decode_kwargs = {"skip_special_tokens": skip_special_tokens, **decode_kwargs}

@@ -103,6 +103,10 @@ class GenerationMixin:
     def _decode_step(self, compile_decode: bool):
         if not compile_decode:
             return self.forward_with_cache
+        if any(hasattr(m, "packed_weight") for m in self.modules()):
+            # oneDNN-prepacked weights (prepare_for_cpu_inference) are opaque to torch.compile
+            logger.warning("generate: compile_decode ignored for a model prepared by prepare_for_cpu_inference")
+            return self.forward_with_cache
         compiled = self.__dict__.get("_compiled_decode")
         if compiled is None:
             mode = "reduce-overhead" if next(self.parameters()).is_cuda else None
@@ -199,7 +203,10 @@ class GenerationMixin:
         try:
             if cfg.use_past:
                 cache_len = -(-(P + steps) // _CACHE_ALIGN) * _CACHE_ALIGN
-                self.setup_kv_cache(B, cache_len)
+                if self.__dict__.get("_kv_cache_shape") != (B, cache_len):
+                    # a compiled decode step is specialised to its cache buffers: reuse them when they fit
+                    self.setup_kv_cache(B, cache_len)
+                    self.__dict__["_kv_cache_shape"] = (B, cache_len)
                 slots = torch.arange(cache_len, device=device)
                 kv_valid = torch.zeros(B, cache_len, dtype=torch.bool, device=device)
                 kv_valid[:, :P] = valid
@@ -245,8 +252,8 @@ class GenerationMixin:
                 else:
                     logits = self._full_step(seqs[:, : P + step + 1], pad)
         finally:
-            if cfg.use_past:
-                self.clear_kv_cache()
+            if cfg.use_past and not cfg.compile_decode:
+                self.clear_kv_cache()  # free the memory; a compiled step keeps its cache for the next call
             self.train(was_training)
             if streamer is not None:
                 streamer.end()

@@ -195,7 +195,7 @@ class PretrainedConfig:
         block.pop("type", None)
         block.pop("auto_register", None)
         arch = (data.get("model") or {}).get("arch")
-        if isinstance(arch, dict) and arch.get("type") and "architectures" not in block:
+        if isinstance(arch, dict) and arch.get("type") and not block.get("architectures"):
             block["architectures"] = [arch["type"]]
         return block
 

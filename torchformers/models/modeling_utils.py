@@ -21,8 +21,8 @@ from torch import nn
 
 from torchformers.checkpoint import load_checkpoint as read_checkpoint
 from torchformers.checkpoint import save_checkpoint
-from torchformers.generation.text_generator import GenerationMixin
 from torchformers.generation.generation_config import GenerationConfig
+from torchformers.generation.text_generator import GenerationMixin
 from torchformers.models.configuration_utils import PretrainedConfig
 
 __all__ = ["CheckpointLoadError", "LoadReport", "PretrainedModel", "SAFE_WEIGHTS_INDEX_NAME", "SAFE_WEIGHTS_NAME"]
@@ -161,7 +161,7 @@ class PretrainedModel(nn.Module, GenerationMixin):
                 raise CheckpointLoadError(message + " (pass strict=False to load the matching tensors anyway)")
             logger.warning(message)
         bad = set(report.unexpected) | {n for n, _, _ in report.mismatched}
-        self._assign(({k: v for k, v in state.items() if k not in bad}))
+        self._assign({k: v for k, v in state.items() if k not in bad})
         return report
 
     @staticmethod
@@ -317,4 +317,3 @@ class PretrainedModel(nn.Module, GenerationMixin):
     @classmethod
     def show_support_list(cls) -> None:
         print(f"support list of {cls.__name__}: {cls._support_list}")
-

@@ -36,7 +36,9 @@ class TextGenerationPipeline:
             raise TypeError(f"text_generation pipeline: expected a str or chat messages, got {type(text).__name__}")
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    def __call__(self, inputs: Any, batch_size: int | None = None, **generate_kwargs: Any) -> list[dict[str, list[str]]]:
+    def __call__(
+        self, inputs: Any, batch_size: int | None = None, **generate_kwargs: Any
+    ) -> list[dict[str, list[str]]]:
         single = isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], dict))
         items = [inputs] if single else list(inputs)
         batch_size = batch_size or self.batch_size

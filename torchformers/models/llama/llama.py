@@ -354,6 +354,7 @@ class LlamaForCausalLM(PretrainedModel):
     def clear_kv_cache(self) -> None:
         for layer in self.model.layers:
             layer.attention.kv_cache = None
+        self.__dict__["_kv_cache_shape"] = None
 
     def kvcache(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         cache = self.model.layers[layer_idx].attention.kv_cache

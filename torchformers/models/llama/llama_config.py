@@ -158,7 +158,14 @@ class LlamaConfig(PretrainedConfig):
             attn_proj_has_bias = qkv_has_bias
             if max_position_embedding is not None and "seq_length" not in kwargs:
                 seq_length = min(seq_length, max_position_embedding)
-            for key in ("hidden_act", "use_cache", "pretraining_tp", "attention_dropout", "mlp_bias", "transformers_version"):
+            for key in (
+                "hidden_act",
+                "use_cache",
+                "pretraining_tp",
+                "attention_dropout",
+                "mlp_bias",
+                "transformers_version",
+            ):
                 kwargs.pop(key, None)
         super().__init__(checkpoint_name_or_path=checkpoint_name_or_path, **kwargs)
 
@@ -269,7 +276,9 @@ class LlamaConfig(PretrainedConfig):
                 f"({self.n_kv_heads})"
             )
         if self.extend_method not in EXTEND_METHODS:
-            raise ConfigError(f"LlamaConfig.extend_method: expected one of {list(EXTEND_METHODS)}, got {self.extend_method!r}")
+            raise ConfigError(
+                f"LlamaConfig.extend_method: expected one of {list(EXTEND_METHODS)}, got {self.extend_method!r}"
+            )
         if self.extend_method in ("LLAMA3", "YARN"):
             if not isinstance(self.scaling_factor, dict) or "factor" not in self.scaling_factor:
                 raise ConfigError(
@@ -277,7 +286,9 @@ class LlamaConfig(PretrainedConfig):
                     f"(and original_max_position_embeddings...), got {self.scaling_factor!r}"
                 )
         if self.extend_method == "LLAMA3":
-            missing = {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"} - set(self.scaling_factor)
+            missing = {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"} - set(
+                self.scaling_factor
+            )
             if missing:
                 raise ConfigError(f"LlamaConfig.scaling_factor: LLAMA3 scaling needs {sorted(missing)}")
 
