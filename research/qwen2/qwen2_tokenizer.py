@@ -95,7 +95,9 @@ def _from_vocab_merges(vocab_file: str, merges_file: str) -> Tokenizer:
                 continue
             parts = line.split(" ")
             if len(parts) != 2:
-                raise TokenizerError(f"Qwen2Tokenizer: {merges_file}, line {number}: expected 'left right', got {line!r}")
+                raise TokenizerError(
+                    f"Qwen2Tokenizer: {merges_file}, line {number}: expected 'left right', got {line!r}"
+                )
             merges.append((parts[0], parts[1]))
     next_id = max(vocab.values()) + 1
     special = list(SPECIAL_TOKENS)
@@ -150,7 +152,9 @@ class Qwen2Tokenizer(PretrainedTokenizerFast):
     def _backend_from_other_files(self, kwargs: dict) -> Tokenizer | None:
         vocab_file, merges_file = kwargs.get("vocab_file"), kwargs.get("merges_file")
         if not vocab_file:
-            raise TokenizerError("Qwen2Tokenizer needs tokenizer_file (tokenizer.json) or vocab_file (vocab.json or .gguf)")
+            raise TokenizerError(
+                "Qwen2Tokenizer needs tokenizer_file (tokenizer.json) or vocab_file (vocab.json or .gguf)"
+            )
         if not os.path.isfile(vocab_file):
             raise TokenizerError(f"Qwen2Tokenizer: vocab_file {str(vocab_file)!r} is not a file")
         if str(vocab_file).endswith(".gguf"):

@@ -14,7 +14,9 @@ from torchformers.tools.register.build import build_callback, build_lr, build_mo
 from torchformers.tools.register.config import MindFormerConfig, load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
-YAMLS = sorted(p.relative_to(REPO).as_posix() for p in [*REPO.glob("configs/**/*.yaml"), *REPO.glob("research/**/*.yaml")])
+YAMLS = sorted(
+    p.relative_to(REPO).as_posix() for p in [*REPO.glob("configs/**/*.yaml"), *REPO.glob("research/**/*.yaml")]
+)
 
 # Published parameter counts (the models' Hugging Face safetensors metadata / model cards).
 PUBLISHED = {
@@ -127,7 +129,10 @@ def test_llama3_differs_from_llama2_by_the_guides_list(task):
     assert all(new[f"model.model_config.{k}"] == v for k, v in LLAMA3_CHANGES.items())
     tokenizer = {k for k in changed if k.startswith("processor.tokenizer.")}
     assert {k.removeprefix("processor.tokenizer.") for k in tokenizer} == {
-        *LLAMA3_TOKENIZER, "unk_token", "bos_token", "eos_token"
+        *LLAMA3_TOKENIZER,
+        "unk_token",
+        "bos_token",
+        "eos_token",
     }
     assert all(new[f"processor.tokenizer.{k}"] == v for k, v in LLAMA3_TOKENIZER.items())
     names = {"trainer.model_name", "callbacks"}  # the model's name, also the checkpoint prefix

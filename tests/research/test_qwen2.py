@@ -133,7 +133,9 @@ def test_tokenizer_matches_transformers_on_random_text(gguf_tokenizer, qwen2, tm
     reference = transformers.Qwen2Tokenizer(vocab=vocab, merges=merges)
     (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    from_files = qwen2[2].Qwen2Tokenizer(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"))
+    from_files = qwen2[2].Qwen2Tokenizer(
+        vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt")
+    )
     texts = random_unicode_strings(200, seed=7) + [t for t, _ in reference_vectors("qwen2")]
     expected = [reference(t, add_special_tokens=False)["input_ids"] for t in texts]
     assert gguf_tokenizer(texts, add_special_tokens=False)["input_ids"] == expected
