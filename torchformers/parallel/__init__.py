@@ -1,4 +1,10 @@
-"""Parallelism applied from outside the model: process group, device mesh, FSDP2 / TP / PP."""
+"""Parallelism applied from outside the model: process group, device mesh, FSDP2 / TP / PP, sharded checkpoints.
+
+`use_parallel: True` + `parallel_config` (MindFormers' `TransformerOpParallelConfig`, spec §10) ->
+`parallel_dims_from_config` -> `parallelize_model` (TP -> activation checkpointing -> compile -> FSDP2,
+pipeline stages cut first) or `build_parallel_model` (the same on the meta device, then each rank's
+shards are allocated and loaded). Checkpoints: `torchformers.parallel.checkpoint`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,20 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed"]
+from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
+from torchformers.parallel.mesh import ParallelDims, parallel_dims_from_config
+from torchformers.parallel.parallelize import ParallelPlan, apply_fsdp, build_parallel_model, parallelize_model
+
+__all__ = [
+    "ParallelDims",
+    "ParallelPlan",
+    "apply_activation_checkpointing",
+    "apply_fsdp",
+    "build_parallel_model",
+    "init_distributed",
+    "parallel_dims_from_config",
+    "parallelize_model",
+]
 
 
 def init_distributed(device: torch.device) -> None:

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torchformers.tools.logger import logger
+from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
+from torchformers.tools.logger import get_rank, logger
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 from torchformers.tools.register.build import (
     build_callback,
@@ -84,31 +85,6 @@ def _dtype(value) -> torch.dtype | None:
             "float32": torch.float32, "fp32": torch.float32}.get(str(value).lower())  # fmt: skip
 
 
-def apply_activation_checkpointing(model: nn.Module) -> int:
-    """Recompute each decoder layer in backward (`torch.utils.checkpoint`), wrapping `forward` from outside
-    the model so parameter names stay the same. Returns the number of layers wrapped."""
-    from torch.utils.checkpoint import checkpoint
-
-    layers = None
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            layers = module
-            break
-    if layers is None:
-        raise ConfigError("recompute_config.recompute: the model has no list of layers to recompute")
-    for layer in layers:
-        original = layer.forward
-
-        @functools.wraps(original)
-        def forward(*args, _original=original, **kwargs):
-            if torch.is_grad_enabled():
-                return checkpoint(_original, *args, use_reentrant=False, **kwargs)
-            return _original(*args, **kwargs)
-
-        layer.forward = forward
-    return len(layers)
-
-
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, dataset, device: torch.device, autocast_dtype=None, max_batches=None) -> dict:
     """Token-weighted mean cross-entropy and perplexity over `dataset` (samples of seq_length + 1 tokens)."""
@@ -157,6 +133,15 @@ def _null():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def _parallel_dims(config):
+    """`ParallelDims` of a distributed run (`use_parallel` under torchrun), else None."""
+    if not (config.get("use_parallel") and torch.distributed.is_initialized()):
+        return None
+    from torchformers.parallel import parallel_dims_from_config
+
+    return parallel_dims_from_config(config)
 
 
 def _is_train_state(path) -> bool:
@@ -236,6 +221,10 @@ class BaseTrainer:
         if section == "train_dataset":
             dataset_config["batch_size"] = int(config.get_value("runner_config.batch_size", 1))
             dataset_config.setdefault("seed", config.get("seed"))
+            dims = _parallel_dims(config)
+            if dims is not None:  # ranks of one model-/pipeline-parallel group read the same batches
+                dataset_config["rank_id"] = dims.dp_coordinate(torch.distributed.get_rank())
+                dataset_config["device_num"] = dims.dp
         task["dataset_config"] = dataset_config
         import torchformers.dataset  # noqa: F401  (registers the library's data sets)
 
@@ -290,11 +279,18 @@ class BaseTrainer:
             # a resumed run reads its weights from the resume checkpoint, not from load_checkpoint
             network = self.build_network(config, checkpoint=None) if resume_path is None else self._bare(config)
         network.to(device)
-        if config.get_value("recompute_config.recompute"):
-            logger.info("activation checkpointing on %d layers", apply_activation_checkpointing(network))
+        recompute = bool(config.get_value("recompute_config.recompute"))
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        dims, plan = _parallel_dims(config), None
+        if dims is not None:  # TP -> recompute -> FSDP2 (and the pipeline stage) from parallel_config
+            from torchformers.parallel import parallelize_model
+
+            plan = parallelize_model(network, dims, device, recompute=recompute)
+            world = dims.dp  # the global batch counts data-parallel ranks only
+        elif recompute:
+            logger.info("activation checkpointing on %d layers", apply_activation_checkpointing(network))
         train_model = network
-        if world > 1:
+        if plan is None and world > 1:  # a process group without use_parallel: plain data parallelism
             train_model = nn.parallel.DistributedDataParallel(network)
 
         lr_cfg = config.get("lr_schedule")
@@ -318,6 +314,8 @@ class BaseTrainer:
             default_args={"network": train_model, "optimizer": optimizer, "compute_dtype": compute_dtype,
                           "device": device},
         )  # fmt: skip
+        if plan is not None:
+            step_fn = plan.wrap_step(step_fn)
 
         micro = int(runner.get("batch_size") or 1)
         extra = list(callbacks or [])
@@ -397,12 +395,27 @@ class BaseTrainer:
 class CausalLanguageModelingTrainer(BaseTrainer):
     """Causal language modelling: pretrain / finetune / evaluate (loss, perplexity) / text generation."""
 
+    def _build_predict_network(self, config):
+        """The model for predict: sharded with `parallel_config` under torchrun with `use_parallel`
+        (built on the meta device, so no rank holds the whole model), else a plain single-device model."""
+        import torch.distributed as dist
+
+        if not (config.get("use_parallel") and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.build_network(config)
+        from torchformers.parallel.mesh import parallel_dims_from_config
+        from torchformers.parallel.parallelize import build_parallel_model
+
+        dims = parallel_dims_from_config(config)
+        checkpoint = config.get("load_checkpoint") or None
+        model, _ = build_parallel_model(config.model, dims, config.device, checkpoint=checkpoint)
+        return model
+
     def predict(self, config, input_data=None, batch_size=None, network=None, tokenizer=None, **kwargs):
         from torchformers.pipeline import pipeline
 
         prompts = read_prompts(input_data if input_data is not None else config.get("input_data"))
         tokenizer = tokenizer or self.build_tokenizer(config)
-        model = network or self.build_network(config)
+        model = network or self._build_predict_network(config)
         model.eval()
         text_generator = pipeline("text_generation", model=model, tokenizer=tokenizer)
         batch_size = batch_size or config.get("predict_batch_size") or len(prompts)
@@ -412,6 +425,8 @@ class CausalLanguageModelingTrainer(BaseTrainer):
         results = []
         for start in range(0, len(prompts), batch_size):
             results.extend(text_generator(prompts[start : start + batch_size], batch_size=batch_size))
+        if get_rank() != 0:  # every rank generates the same text under tensor parallelism
+            return results
         path = write_results(results, config.get("save_file"))
         for item in results:
             logger.info("output result is: %s", item)

@@ -110,16 +110,26 @@ class TrainLoop:
             "loss": ctx.loss,
             **self.extra_info,
         }
+        from torchformers.parallel.checkpoint import is_distributed_model, save_sharded_train_state
         from torchformers.trainer.checkpointing import save_train_state
 
-        save_train_state(path, self.model, self.optimizer, info)
+        if is_distributed_model(self.model):
+            save_sharded_train_state(path, self.model, self.optimizer, info)
+        else:
+            save_train_state(path, self.model, self.optimizer, info)
 
     def save_weights(self, monitor: CheckpointMonitor, ctx: RunContext) -> None:
         """Weights only (`checkpoint_network/`) and, for LoRA or save_trainable_params, the trainable ones."""
+        from torchformers.parallel.checkpoint import full_model_state, is_distributed_model
         from torchformers.trainer.checkpointing import atomic_save_tensors
 
         lora = getattr(self.model, "pet_config", None) is not None
         name = monitor.file_name(ctx)
+        if is_distributed_model(self.model):  # whole tensors, written once per pipeline stage
+            state = full_model_state(self.model) if monitor.save_network_params else None
+            if state is not None and getattr(self.step_fn, "writes_weights", True):
+                atomic_save_tensors(state, monitor.folder(ctx, "checkpoint_network") / name)
+            return
         if monitor.save_network_params:
             atomic_save_tensors(model_state_to_save(self.model), monitor.folder(ctx, "checkpoint_network") / name)
         if monitor.save_trainable_params or lora:
@@ -166,7 +176,10 @@ class TrainLoop:
 
         start_epoch, skip, info = 0, 0, None
         if resume_from is not None:
-            info = load_train_state(resume_from, self.model, self.optimizer)
+            from torchformers.parallel.checkpoint import is_sharded_train_state, load_sharded_train_state
+
+            load = load_sharded_train_state if is_sharded_train_state(resume_from) else load_train_state
+            info = load(resume_from, self.model, self.optimizer)
             ctx.global_step = int(info["global_step"])
             start_epoch = int(info["epoch_num"]) - 1
             ctx.step_in_epoch = int(info["step_num"])
