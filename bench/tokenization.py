@@ -5,7 +5,9 @@ tiktoken) it measures encode MB/s on one long document (the Wikipedia text asset
 batch of short lines (the first N non-empty lines), and prints ours / theirs. Targets: a wrapper costs
 at most 10% over its library (ratio >= 0.90); fast batch encoding is at least 3x the slow one.
 
-    PYTHONPATH=. python bench/tokenizers.py [--lines 1000] [--repeat 3] [--doc-bytes N]
+    PYTHONPATH=. python bench/tokenization.py [--lines 1000] [--repeat 3] [--doc-bytes N]
+
+(Named tokenization.py: a bench/tokenizers.py would shadow the `tokenizers` package for every script here.)
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# This file is named like the `tokenizers` package: keep its folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
 
 
