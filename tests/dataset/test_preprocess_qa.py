@@ -55,7 +55,18 @@ def test_alpaca_converter_matches_the_alpaca_templates(conversation_file, alpaca
     bad = tmp_path / "bad.json"
     bad.write_text('[{"instruction": "x", "output": "y"},\n {"instruction": 1}]')
     with pytest.raises(alpaca_converter.ConversionError, match="record 1 lacks"):
-        alpaca_converter.convert(bad, tmp_path / "o.json")
+        alpaca_converter.convert(bad, tmp_path / "new" / "o.json")
+    assert not (tmp_path / "new").exists()  # a refused input creates no folder
+
+
+def test_alpaca_converter_creates_the_output_folder(alpaca_records, tmp_path):
+    out = tmp_path / "a" / "b" / "conversation.json"
+    assert alpaca_converter.main(["--data_path", str(ASSETS_DIR / "alpaca_tiny.json"), "--output_path", str(out)]) == 0
+    assert len(json.loads(out.read_text(encoding="utf-8"))) == len(alpaca_records)
+    assert [p.name for p in out.parent.iterdir()] == ["conversation.json"]  # no temporary file left
+    (tmp_path / "file").write_text("")
+    with pytest.raises(alpaca_converter.ConversionError, match="cannot create its folder"):
+        alpaca_converter.convert(ASSETS_DIR / "alpaca_tiny.json", tmp_path / "file" / "o.json")
 
 
 def _check_masking(tokenizer, ids, labels, pad_id, prompt_text, answers):
