@@ -325,3 +325,17 @@ def test_cli_runs_and_refuses_to_overwrite(conversation_file, llama2_model_file,
     assert sorted(p.name for p in tmp_path.glob("o.parquet*")) == ["o.parquet.meta.json", "o.parquet0", "o.parquet1"]
     assert llama_preprocess.main(args) == 2
     assert "already exist" in capsys.readouterr().err
+
+
+def test_register_path_resolves_like_run_mindformer(llama3_model_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # away from the repository root, where research/llama3_1 still resolves
+    monkeypatch.setenv("REGISTER_PATH", "")  # restored afterwards; the call sets it
+    tok = llama_preprocess.load_tokenizer(
+        model_file=str(llama3_model_file), tokenizer_type="Llama3Tokenizer", register_path="research/llama3_1"
+    )
+    assert type(tok).__name__ == "Llama3Tokenizer"
+    assert tok("Hello world")["input_ids"][-2:] == [9906, 1917]
+    with pytest.raises(PreprocessError, match=r"--register_path 'research/nothing': no such folder \(tried "):
+        llama_preprocess.load_tokenizer(
+            model_file=str(llama3_model_file), tokenizer_type="Llama3Tokenizer", register_path="research/nothing"
+        )
