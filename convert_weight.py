@@ -3,10 +3,14 @@
     python convert_weight.py --model llama --input_path HF_DIR --output_path out/llama.ckpt --dtype bf16
     python convert_weight.py --model llama --input_path out/llama.ckpt --output_path hf_out/ --reversed
     python convert_weight.py --model llama --input_path model.gguf --output_path out/model.safetensors
+    python convert_weight.py --model qwen2 --register_path research/qwen2 --input_path HF_DIR --output_path q.ckpt
 
 Native output is `.safetensors` or `.ckpt` (by suffix). `--reversed` writes Hugging Face names to
 `.safetensors` (a folder gets `model.safetensors`) or `.bin`. GGUF input also writes `config.json`
 beside the output. Unknown `--key value` pairs are accepted and ignored, as MindFormers forwards them.
+`--register_path DIR` (current directory first, then the repository root) imports the modules of an
+external model's folder first, so the key maps and GGUF architectures they register become `--model`
+choices.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from pathlib import Path
 
 from torchformers.checkpoint import CheckpointError, convert_checkpoint
 from torchformers.checkpoint.convert import DTYPES, MODEL_KEY_MAPS
+from torchformers.cli import import_register_path
+from torchformers.tools.register.config import ConfigError
+from torchformers.tools.register.register import RegistryError
 
 
 def str2bool(value: str) -> bool:
@@ -32,7 +39,14 @@ def str2bool(value: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Convert weights between Hugging Face, GGUF and native formats.")
-    parser.add_argument("--model", required=True, help=f"model name: {', '.join(sorted(MODEL_KEY_MAPS))}")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"model name: {', '.join(sorted(MODEL_KEY_MAPS))}, or one registered by the --register_path code",
+    )
+    parser.add_argument(
+        "--register_path", default=None, help="folder of external model code whose modules register key maps"
+    )
     parser.add_argument("--reversed", action="store_true", help="native -> Hugging Face")
     parser.add_argument("--input_path", required=True)
     parser.add_argument("--output_path", required=True)
@@ -53,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.register_path is not None:
+        try:
+            import_register_path(args.register_path)
+        except (ConfigError, RegistryError) as exc:
+            print(f"convert_weight.py: {exc}", file=sys.stderr)
+            return 2
     start = time.perf_counter()
     try:
         config = convert_checkpoint(

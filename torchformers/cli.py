@@ -14,12 +14,13 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from torchformers.tools.register.config import ConfigError, MindFormerConfig, parse_value
-from torchformers.tools.register.register import REGISTER_PATH_ENV, RegistryError
+from torchformers.tools.register.register import REGISTER_PATH_ENV, RegistryError, import_module_from_folder
 from torchformers.tools.register.template import RUN_MODES, check_strict_sections
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "import_register_path", "main", "resolve_path", "use_register_path"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,6 +152,32 @@ def resolve_path(path: str, what: str, must_be_dir: bool = False) -> Path:
     raise ConfigError(f"{what} {path!r}: no such {kind} (tried {tried})")
 
 
+def use_register_path(path: str, what: str = "--register_path") -> Path:
+    """Resolve a register path (see `resolve_path`), set `REGISTER_PATH` for `auto_register` and put the
+    folder on `sys.path`, as MindFormers' `--register_path` does; returns the folder."""
+    folder = resolve_path(os.path.expanduser(path), what, must_be_dir=True)
+    os.environ[REGISTER_PATH_ENV] = str(folder)
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    return folder
+
+
+def import_register_path(path: str, what: str = "--register_path") -> list[ModuleType]:
+    """`use_register_path`, then import every module file directly in the folder (`*.py`, except names
+    starting with "_" or "test_"), so the registration calls in them run: `register_key_map`,
+    `register_gguf_arch`, `register_pretokenizer`, `register_asset` and registry decorators.
+
+    For the tools without a YAML to name modules through `auto_register` (`convert_weight.py`, the asset
+    fetcher). Modules are imported as `auto_register` imports them (plain names, once per file).
+    """
+    folder = use_register_path(path, what)
+    modules = []
+    for file in sorted(folder.glob("*.py")):
+        if not file.name.startswith(("_", "test_")):
+            modules.append(import_module_from_folder(folder, file.stem))
+    return modules
+
+
 def parse_overrides(extra: Sequence[str]) -> list[tuple[str, object]]:
     """Turn leftover `--a.b c` / `--a.b=c` arguments into (dotted key, parsed value) pairs."""
     items: list[str] = []
@@ -187,10 +214,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> MindFormerConfig:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.register_path is not None:
-        register_path = resolve_path(args.register_path, "--register_path", must_be_dir=True)
-        os.environ[REGISTER_PATH_ENV] = str(register_path)
-        if str(register_path) not in sys.path:
-            sys.path.append(str(register_path))
+        use_register_path(args.register_path)
     config_path = resolve_path(args.config, "--config")
     kwargs = {"run_mode": args.run_mode} if args.run_mode is not None else {}
     config = MindFormerConfig(str(config_path), **kwargs)

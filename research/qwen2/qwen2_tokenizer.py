@@ -14,6 +14,12 @@ any of the files a Qwen2 checkpoint comes with:
 
 Registered only through `auto_register` (`tokenizer: {type: Qwen2Tokenizer, auto_register:
 qwen2_tokenizer.Qwen2Tokenizer, vocab_file: ...}`) with `--register_path research/qwen2`.
+
+Importing this module also registers Qwen2's pieces with the library's GGUF tools: the "qwen2"
+pre-tokenizer (`tokenizer.ggml.pre`), so `torchformers.models.gguf_tokenizer` turns a Qwen2 GGUF
+vocabulary into a `tokenizer.json`, and the assets `vocab/ggml-vocab-qwen2.gguf` (+ `.inp` / `.out`
+reference vectors) for `torchformers.tools.assets.fetch`
+(`python -m torchformers.tools.assets --register_path research/qwen2 vocab/ggml-vocab-qwen2.gguf`).
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import os
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-from torchformers.models.gguf_tokenizer import CONTROL, USER_DEFINED, read_gguf_tokenizer
+from torchformers.models.gguf_tokenizer import CONTROL, USER_DEFINED, read_gguf_tokenizer, register_pretokenizer
 from torchformers.models.tokenization_utils_base import TokenizerError
 from torchformers.models.tokenization_utils_fast import PretrainedTokenizerFast
+from torchformers.tools.assets import register_llama_cpp_vocab
 
 __all__ = ["PRETOKENIZE_REGEX", "QWEN2_CHAT_TEMPLATE", "Qwen2Tokenizer", "build_qwen2_backend"]
 
@@ -44,6 +51,11 @@ QWEN2_CHAT_TEMPLATE = (
 )
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+# llama.cpp names Qwen2's pre-tokenizer "qwen2" in GGUF files (llama-vocab.cpp): the regex above, NFC.
+register_pretokenizer("qwen2", PRETOKENIZE_REGEX, nfc=True)
+# llama.cpp's Qwen2 test vocabulary and its reference vectors
+register_llama_cpp_vocab("qwen2")
 
 
 def build_qwen2_backend(

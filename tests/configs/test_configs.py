@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import torchformers  # noqa: F401  (registers the library's classes)
+from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 from torchformers.tools.register.build import build_callback, build_lr, build_model, build_optim, build_wrapper
 from torchformers.tools.register.config import MindFormerConfig, load_yaml
 
@@ -191,6 +192,9 @@ def test_predict_tokenizer_block_builds_with_the_real_vocabulary(path, monkeypat
 
     asset, key, bos = PREDICT_TOKENIZERS[path]
     cfg = load(path, monkeypatch)
+    reference = cfg.processor.tokenizer.get("auto_register")
+    if reference:  # an external tokenizer's module registers the vocabulary assets it reads
+        MindFormerRegister.auto_register(reference, MindFormerModuleType.TOKENIZER)
     cfg.processor.tokenizer.pop("tokenizer_file", None)
     cfg.set_value(f"processor.tokenizer.{key}", str(fetch(asset)))
     tok = CausalLanguageModelingTrainer().build_tokenizer(cfg)

@@ -55,7 +55,18 @@ def test_alpaca_converter_matches_the_alpaca_templates(conversation_file, alpaca
     bad = tmp_path / "bad.json"
     bad.write_text('[{"instruction": "x", "output": "y"},\n {"instruction": 1}]')
     with pytest.raises(alpaca_converter.ConversionError, match="record 1 lacks"):
-        alpaca_converter.convert(bad, tmp_path / "o.json")
+        alpaca_converter.convert(bad, tmp_path / "new" / "o.json")
+    assert not (tmp_path / "new").exists()  # a refused input creates no folder
+
+
+def test_alpaca_converter_creates_the_output_folder(alpaca_records, tmp_path):
+    out = tmp_path / "a" / "b" / "conversation.json"
+    assert alpaca_converter.main(["--data_path", str(ASSETS_DIR / "alpaca_tiny.json"), "--output_path", str(out)]) == 0
+    assert len(json.loads(out.read_text(encoding="utf-8"))) == len(alpaca_records)
+    assert [p.name for p in out.parent.iterdir()] == ["conversation.json"]  # no temporary file left
+    (tmp_path / "file").write_text("")
+    with pytest.raises(alpaca_converter.ConversionError, match="cannot create its folder"):
+        alpaca_converter.convert(ASSETS_DIR / "alpaca_tiny.json", tmp_path / "file" / "o.json")
 
 
 def _check_masking(tokenizer, ids, labels, pad_id, prompt_text, answers):
@@ -314,3 +325,17 @@ def test_cli_runs_and_refuses_to_overwrite(conversation_file, llama2_model_file,
     assert sorted(p.name for p in tmp_path.glob("o.parquet*")) == ["o.parquet.meta.json", "o.parquet0", "o.parquet1"]
     assert llama_preprocess.main(args) == 2
     assert "already exist" in capsys.readouterr().err
+
+
+def test_register_path_resolves_like_run_mindformer(llama3_model_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # away from the repository root, where research/llama3_1 still resolves
+    monkeypatch.setenv("REGISTER_PATH", "")  # restored afterwards; the call sets it
+    tok = llama_preprocess.load_tokenizer(
+        model_file=str(llama3_model_file), tokenizer_type="Llama3Tokenizer", register_path="research/llama3_1"
+    )
+    assert type(tok).__name__ == "Llama3Tokenizer"
+    assert tok("Hello world")["input_ids"][-2:] == [9906, 1917]
+    with pytest.raises(PreprocessError, match=r"--register_path 'research/nothing': no such folder \(tried "):
+        llama_preprocess.load_tokenizer(
+            model_file=str(llama3_model_file), tokenizer_type="Llama3Tokenizer", register_path="research/nothing"
+        )

@@ -1,7 +1,9 @@
 """Qwen2 built by following the guide as external code (research/qwen2): logits and greedy generation
 match transformers' Qwen2ForCausalLM on tiny random configs; the tokenizer rebuilt from llama.cpp's
 ggml-vocab-qwen2.gguf passes llama.cpp's reference vectors and matches transformers' Qwen2Tokenizer;
-the classes reach the registry only through auto_register."""
+the classes reach the registry only through auto_register, and the library's conversion tools learn
+Qwen2's names (key map, GGUF architecture, pre-tokenizer, vocabulary assets) only from the research
+modules: nothing under torchformers/ names Qwen2."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import pytest
 import torch
 
 from tests.tokenizers.helpers import random_unicode_strings, reference_vectors
-from torchformers.tools.assets import fetch
+from torchformers.checkpoint import load_checkpoint, save_checkpoint
+from torchformers.models.llama.convert_weight import LLAMA_HF_KEY_MAP
+from torchformers.tools.assets import AssetError, fetch
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 from torchformers.tools.register.register import import_module_from_folder
 
@@ -158,3 +162,70 @@ def test_registered_only_through_auto_register(qwen2, monkeypatch):
     block = {"type": "Qwen2Config", "auto_register": "qwen2_config.Qwen2Config", "num_layers": 1}
     config = MindFormerRegister.get_instance_from_cfg(block, MindFormerModuleType.CONFIG)
     assert type(config).__name__ == "Qwen2Config" and config.num_layers == 1
+
+
+def test_library_never_names_qwen():
+    """`grep -rni qwen torchformers/` finds nothing: Qwen2 lives in research/qwen2 only."""
+    hits = []
+    for path in sorted((REPO / "torchformers").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            for number, line in enumerate(path.read_bytes().splitlines(), 1):
+                if b"qwen" in line.lower():
+                    hits.append(f"{path.relative_to(REPO)}:{number}: {line.decode(errors='replace').strip()}")
+    assert hits == []
+
+
+def test_conversion_tools_learn_qwen2_from_register_path(qwen2, tmp_path):
+    hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**BASE, tie_word_embeddings=False)).eval()
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    assert any(k.endswith("q_proj.bias") for k in state)
+    save_checkpoint(state, tmp_path / "hf.safetensors")
+    vocab = fetch("vocab/ggml-vocab-qwen2.gguf")
+    # a fresh interpreter: without --register_path neither --model qwen2 nor a qwen2 GGUF is known
+    code = """if True:
+        import sys, convert_weight
+        from torchformers.checkpoint import CheckpointError
+        from torchformers.checkpoint.gguf_io import gguf_config
+        args = ["--model", "qwen2", "--input_path", sys.argv[1], "--output_path", sys.argv[2]]
+        assert convert_weight.main(args) == 1
+        try:
+            gguf_config(sys.argv[3])
+            raise SystemExit("a qwen2 GGUF was read without registration")
+        except CheckpointError as err:
+            assert "register_gguf_arch" in str(err), err
+        assert convert_weight.main([*args, "--register_path", "research/qwen2"]) == 0
+        print(gguf_config(sys.argv[3])["architectures"])
+    """
+    out_path = tmp_path / "native.safetensors"
+    argv = [sys.executable, "-c", code, str(tmp_path / "hf.safetensors"), str(out_path), str(vocab)]
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "--model 'qwen2' has no weight key map" in out.stderr and "--register_path" in out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['Qwen2ForCausalLM']"
+    native = load_checkpoint(out_path)
+    assert set(native) == {LLAMA_HF_KEY_MAP.to_native(k) for k in state}
+    assert "model.layers.0.attention.wq.bias" in native
+    assert all(torch.equal(native[LLAMA_HF_KEY_MAP.to_native(k)], v) for k, v in state.items())
+
+
+def test_registrations_repeat_but_do_not_conflict(qwen2):
+    from torchformers.checkpoint.convert import register_key_map
+    from torchformers.checkpoint.gguf_io import GGUF_ARCHS, register_gguf_arch
+    from torchformers.checkpoint.key_map import KeyMap
+    from torchformers.models.gguf_tokenizer import register_pretokenizer
+    from torchformers.tools.assets import ASSETS, register_asset
+
+    # importing the research modules again (as auto_register may) registers the same entries again
+    register_key_map("qwen2", LLAMA_HF_KEY_MAP)
+    register_gguf_arch("qwen2", GGUF_ARCHS["qwen2"])
+    register_pretokenizer("qwen2", qwen2[2].PRETOKENIZE_REGEX, nfc=True)
+    register_asset("vocab/ggml-vocab-qwen2.gguf", ASSETS["vocab/ggml-vocab-qwen2.gguf"])
+    # another entry under a taken name is refused
+    with pytest.raises(ValueError, match="already has a weight key map"):
+        register_key_map("llama", KeyMap({"a": "b"}))
+    with pytest.raises(ValueError, match="already registered"):
+        register_gguf_arch("qwen2", GGUF_ARCHS["llama"])
+    with pytest.raises(ValueError, match="already registered"):
+        register_pretokenizer("qwen2", qwen2[2].PRETOKENIZE_REGEX)
+    with pytest.raises(AssetError, match="already registered"):
+        register_asset("vocab/ggml-vocab-qwen2.gguf", ASSETS["text/tiny.utf8"])

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.tokenizers.helpers import reference_vectors
+from tests.tokenizers.helpers import REPO_ROOT, reference_vectors
 from torchformers.models.gguf_tokenizer import (
     convert_gguf_tokenizer,
     gguf_to_sentencepiece,
@@ -16,6 +16,7 @@ from torchformers.models.gguf_tokenizer import (
 )
 from torchformers.models.tokenization_utils_base import TokenizerError
 from torchformers.tools.assets import ASSETS, fetch
+from torchformers.tools.register.register import import_module_from_folder
 
 SMOLLM2 = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -25,8 +26,14 @@ def test_llama2_model_is_byte_identical_to_the_published_rebuild():
     assert hashlib.sha256(data).hexdigest() == ASSETS["llama2/tokenizer.model"].sha256
 
 
+@pytest.fixture(scope="module")
+def qwen2_registered():
+    """research/qwen2 registers the "qwen2" pre-tokenizer and vocabulary assets when imported."""
+    import_module_from_folder(REPO_ROOT / "research" / "qwen2", "qwen2_tokenizer")
+
+
 @pytest.mark.parametrize("name", ["qwen2", "llama-bpe"])
-def test_byte_level_bpe_reference_vectors(name, tmp_path):
+def test_byte_level_bpe_reference_vectors(name, tmp_path, qwen2_registered):
     tok = tokenizer_from_gguf(fetch(f"vocab/ggml-vocab-{name}.gguf"), tmp_path)
     assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "tokenizer_config.json").is_file()
     vectors = reference_vectors(name)

@@ -4,6 +4,9 @@ Follows MindFormers `convert_weight.py` / `mindformers/models/llama/convert_weig
 names, optional `--dtype`) and `convert_reversed.py` (native -> HF). One key map per model serves both
 directions; the registry below names it. GGUF input is read with Hugging Face names (`gguf_io`) and then
 renamed like any Hugging Face checkpoint.
+
+Code outside the library adds its models with `register_key_map(model_name, key_map)`;
+`convert_weight.py --register_path DIR` imports such code before converting.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from torchformers.checkpoint.errors import CheckpointError
 from torchformers.checkpoint.formats import load_checkpoint, open_checkpoint, write_checkpoint
-from torchformers.checkpoint.gguf_io import gguf_config
+from torchformers.checkpoint.gguf_io import GGUF_ARCHS, gguf_config
 from torchformers.checkpoint.key_map import KeyMap, KeyMapError
 
 __all__ = [
@@ -28,14 +31,14 @@ __all__ = [
     "gguf_to_native",
     "key_map_for",
     "load_native_checkpoint",
+    "register_key_map",
 ]
 
-# Model name (as given to `convert_weight.py --model`) -> "module:attribute" of its Hugging Face key map.
-# Resolved lazily: model packages import this package, so importing them here would be circular.
-MODEL_KEY_MAPS: dict[str, str] = {
+# Model name (as given to `convert_weight.py --model`) -> its Hugging Face key map, or the
+# "module:attribute" naming it. Library entries are resolved lazily: model packages import this
+# package, so importing them here would be circular.
+MODEL_KEY_MAPS: dict[str, KeyMap | str] = {
     "llama": "torchformers.models.llama.convert_weight:LLAMA_HF_KEY_MAP",
-    # Qwen2 is Llama with q/k/v biases, which the Llama map already names.
-    "qwen2": "torchformers.models.llama.convert_weight:LLAMA_HF_KEY_MAP",
 }
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -48,11 +51,34 @@ _TRAINING_STATE = re.compile(
 )
 
 
+def register_key_map(model_name: str, key_map: KeyMap | str) -> None:
+    """Make `model_name` a `convert_weight.py --model` choice, converting with `key_map`.
+
+    `key_map` is a `KeyMap` or a "module:attribute" string naming one (imported when first used).
+    Registering a name again with the same map does nothing; another map raises ValueError.
+    """
+    if not isinstance(key_map, (KeyMap, str)) or (isinstance(key_map, str) and key_map.count(":") != 1):
+        raise TypeError(
+            f"register_key_map({model_name!r}, ...): expected a KeyMap or 'module:attribute', got {key_map!r}"
+        )
+    existing = MODEL_KEY_MAPS.get(model_name)
+    if existing is not None and existing is not key_map and existing != key_map:
+        raise ValueError(f"model {model_name!r} already has a weight key map ({existing!r}); choose another name")
+    MODEL_KEY_MAPS[model_name] = key_map
+
+
 def key_map_for(model: str) -> KeyMap:
     """The Hugging Face <-> native key map registered for `model`."""
     if model not in MODEL_KEY_MAPS:
-        raise ValueError(f"--model {model!r} has no weight key map; known models: {', '.join(sorted(MODEL_KEY_MAPS))}")
-    module, attr = MODEL_KEY_MAPS[model].split(":")
+        raise ValueError(
+            f"--model {model!r} has no weight key map; known models: {', '.join(sorted(MODEL_KEY_MAPS))}"
+            " (a model outside the library registers its map with register_key_map, which convert_weight.py"
+            " runs when --register_path names the model's folder)"
+        )
+    entry = MODEL_KEY_MAPS[model]
+    if isinstance(entry, KeyMap):
+        return entry
+    module, attr = entry.split(":")
     return getattr(importlib.import_module(module), attr)
 
 
@@ -140,8 +166,7 @@ def gguf_to_native(
     `torchformers.models.gguf_tokenizer`; `torchformers.checkpoint.gguf_io.gguf_metadata` reads it.
     """
     config = gguf_config(gguf_path)
-    model = "qwen2" if config["model_type"] == "qwen2" else "llama"
-    convert_checkpoint(gguf_path, output_path, model=model, dtype=dtype)
+    convert_checkpoint(gguf_path, output_path, model=GGUF_ARCHS[config["model_type"]].model, dtype=dtype)
     if dtype is not None:
         config["torch_dtype"] = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[
             _dtype(dtype)

@@ -8,12 +8,16 @@ layout (Hugging Face, MindFormers) to the interleaved one: `w.reshape(n_head, 2,
 
 The tokenizer in the metadata is turned into tokenizer files by `torchformers.models.gguf_tokenizer`;
 `gguf_metadata` gives it (and anyone else) the plain metadata values.
+
+`GGUF_ARCHS` holds the architectures (`general.architecture`) the library reads: "llama". Code outside
+the library adds its own with `register_gguf_arch(name, GGUFArch(...), architectures=[...])`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,16 @@ import torch
 from torchformers.checkpoint.errors import CheckpointError
 from torchformers.checkpoint.key_map import KeyMap, KeyMapError
 
-__all__ = ["GGUF_ARCHS", "LLAMA_GGUF_KEY_MAP", "GGUFArch", "gguf_config", "gguf_metadata", "gguf_specs", "iter_gguf"]
+__all__ = [
+    "GGUF_ARCHS",
+    "LLAMA_GGUF_KEY_MAP",
+    "GGUFArch",
+    "gguf_config",
+    "gguf_metadata",
+    "gguf_specs",
+    "iter_gguf",
+    "register_gguf_arch",
+]
 
 # GGUF tensor names -> Hugging Face names (ggml docs/gguf.md "Standardized tensor names").
 LLAMA_GGUF_KEY_MAP = KeyMap(
@@ -48,20 +61,49 @@ LLAMA_GGUF_KEY_MAP = KeyMap(
 )
 
 
+@dataclass(frozen=True)
 class GGUFArch:
-    """What reading one GGUF architecture needs: its name table and whether q/k rows were permuted."""
+    """What reading one GGUF architecture needs.
 
-    def __init__(self, key_map: KeyMap, permuted_qk: bool, ignored: tuple[str, ...] = ()) -> None:
-        self.key_map = key_map
-        self.permuted_qk = permuted_qk
-        self.ignored = ignored  # tensors that are not parameters (precomputed RoPE factors)
+    Attributes:
+        key_map: GGUF tensor names -> Hugging Face names.
+        permuted_qk: whether llama.cpp's converter permuted the q/k rows (Llama) or kept Hugging Face's
+            order (models it converts without `LlamaModel.permute`).
+        ignored: tensors that are not parameters (precomputed RoPE factors).
+        architectures: the `architectures` entry of the `config.json` written from the file.
+        model: the `convert_weight.py --model` name whose key map renames the Hugging Face names to
+            native ones (see `torchformers.checkpoint.convert.MODEL_KEY_MAPS`).
+    """
+
+    key_map: KeyMap
+    permuted_qk: bool
+    ignored: tuple[str, ...] = ()
+    architectures: tuple[str, ...] = ("LlamaForCausalLM",)
+    model: str = "llama"
 
 
 GGUF_ARCHS: dict[str, GGUFArch] = {
     "llama": GGUFArch(LLAMA_GGUF_KEY_MAP, permuted_qk=True, ignored=("rope_freqs.weight",)),
-    # llama.cpp's Qwen2Model keeps Hugging Face's q/k row order.
-    "qwen2": GGUFArch(LLAMA_GGUF_KEY_MAP, permuted_qk=False, ignored=("rope_freqs.weight",)),
 }
+
+
+def register_gguf_arch(name: str, arch: GGUFArch, *, architectures: Sequence[str] | None = None) -> GGUFArch:
+    """Make GGUF files whose `general.architecture` is `name` readable; returns the registered entry.
+
+    `architectures` (e.g. `["MyModelForCausalLM"]`) replaces `arch.architectures` in the `config.json`
+    written from such a file. Registering a name again with an equal entry does nothing; a different
+    entry raises ValueError.
+    """
+    if architectures is not None:
+        if isinstance(architectures, str):
+            architectures = [architectures]
+        arch = replace(arch, architectures=tuple(architectures))
+    existing = GGUF_ARCHS.get(name)
+    if existing is not None and existing != arch:
+        raise ValueError(f"GGUF architecture {name!r} is already registered with another entry ({existing})")
+    GGUF_ARCHS[name] = arch
+    return arch
+
 
 _KEEP_TYPES = {"F32": torch.float32, "F16": torch.float16}  # stored exactly; all others dequantize to float32
 
@@ -89,7 +131,11 @@ def gguf_metadata(path: str | Path) -> dict[str, Any]:
 def _arch(path: Path, meta: dict[str, Any]) -> tuple[str, GGUFArch]:
     name = meta.get("general.architecture")
     if name not in GGUF_ARCHS:
-        raise CheckpointError(path, f"GGUF architecture {name!r} is not supported (supported: {sorted(GGUF_ARCHS)})")
+        raise CheckpointError(
+            path,
+            f"GGUF architecture {name!r} is not supported (supported: {sorted(GGUF_ARCHS)}; code outside the "
+            "library adds one with register_gguf_arch, e.g. convert_weight.py --register_path DIR)",
+        )
     return name, GGUF_ARCHS[name]
 
 
@@ -166,7 +212,7 @@ def gguf_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     reader = _reader(path)
     meta = {k: _field_value(f) for k, f in reader.fields.items() if k != "tokenizer.ggml.merges"}
-    arch_name, _ = _arch(path, meta)
+    arch_name, arch = _arch(path, meta)
     n_head, n_kv = _heads(path, meta, arch_name)
 
     def get(key: str, default: Any = None) -> Any:
@@ -184,7 +230,7 @@ def gguf_config(path: str | Path) -> dict[str, Any]:
         vocab = len(tokens)
     names = {t.name for t in reader.tensors}
     config: dict[str, Any] = {
-        "architectures": ["Qwen2ForCausalLM" if arch_name == "qwen2" else "LlamaForCausalLM"],
+        "architectures": list(arch.architectures),
         "model_type": arch_name,
         "vocab_size": int(vocab),
         "hidden_size": hidden,

@@ -10,7 +10,8 @@ and often `tokenizer.chat_template`. This module turns that back into ordinary t
   byte-identical to a Llama 2 `tokenizer.model` rebuilt this way (sha256 b2c82538...).
 - `tokenizer.ggml.model == "gpt2"` (byte-level BPE): a `tokenizer.json` with the vocabulary, the
   merges and the pre-tokenizer regex that llama.cpp's `llama-vocab.cpp` uses for the GGUF's `pre`
-  value ("llama-bpe" for Llama 3, "qwen2", "smollm", "gpt2", ...).
+  value ("llama-bpe" for Llama 3, "smollm", "gpt2", ...). Code outside the library adds the regex of
+  its own vocabulary with `register_pretokenizer(name, pattern, ...)`.
 
 `convert_gguf_tokenizer(gguf_path, save_directory)` writes those plus `tokenizer_config.json`
 (special tokens, `add_bos_token`, chat template), so the folder loads with `from_pretrained`;
@@ -38,6 +39,7 @@ __all__ = [
     "gguf_to_tokenizer",
     "read_gguf_metadata",
     "read_gguf_tokenizer",
+    "register_pretokenizer",
     "tokenizer_from_gguf",
 ]
 
@@ -50,20 +52,42 @@ LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-QWEN2_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 # name -> (split regex or None for GPT-2's own, split digits one by one, NFC normalizer, ignore_merges)
 PRE_TOKENIZERS: dict[str, tuple[str | None, bool, bool, bool]] = {
     "llama-bpe": (LLAMA3_PATTERN, False, False, True),
     "llama3": (LLAMA3_PATTERN, False, False, True),
-    "qwen2": (QWEN2_PATTERN, False, True, False),
     "smollm": (None, True, False, False),
     "starcoder": (None, True, False, False),
     "refact": (None, True, False, False),
     "gpt2": (None, False, False, False),
     "default": (None, False, False, False),
 }
+
+
+def register_pretokenizer(
+    name: str,
+    pattern: str | None,
+    *,
+    split_digits: bool = False,
+    nfc: bool = False,
+    ignore_merges: bool = False,
+) -> None:
+    """Make GGUF files whose `tokenizer.ggml.pre` is `name` convertible to a byte-level BPE `tokenizer.json`.
+
+    Args:
+        name: the `tokenizer.ggml.pre` value (llama.cpp's name for the pre-tokenizer).
+        pattern: the split regex (as in the model's `tokenizer.json`), or None for GPT-2's own.
+        split_digits: split digits one at a time before the regex.
+        nfc: add an NFC normalizer.
+        ignore_merges: look whole words up in the vocabulary before merging (Llama 3).
+
+    Registering a name again with the same settings does nothing; other settings raise ValueError.
+    """
+    entry = (pattern, split_digits, nfc, ignore_merges)
+    existing = PRE_TOKENIZERS.get(name)
+    if existing is not None and existing != entry:
+        raise ValueError(f"GGUF pre-tokenizer {name!r} is already registered with other settings ({existing})")
+    PRE_TOKENIZERS[name] = entry
 
 
 @dataclass
@@ -247,6 +271,7 @@ def gguf_to_tokenizer(info: GGUFTokenizerInfo):
     if info.pre not in PRE_TOKENIZERS:
         raise TokenizerError(
             f"GGUF tokenizer.ggml.pre {info.pre!r} is not supported; supported: {', '.join(sorted(PRE_TOKENIZERS))}"
+            " (code outside the library adds one with register_pretokenizer)"
         )
     if not info.merges:
         raise TokenizerError("the GGUF has no tokenizer.ggml.merges, which byte-level BPE needs")

@@ -2,7 +2,7 @@
 
 Follows MindFormers' `mindformers/models/tokenization_utils_fast.py` (Hugging Face transformers'
 `PreTrainedTokenizerFast`): any `tokenizer.json` loads (byte-level BPE such as GPT-2 / SmolLM2 /
-Qwen2 / Llama 3, or sentencepiece-style BPE with byte fallback such as Llama 2); batches are encoded,
+Llama 3, or sentencepiece-style BPE with byte fallback such as Llama 2); batches are encoded,
 truncated and padded inside the library, and the character/token alignment of each sequence is kept
 (`return_offsets_mapping`, `BatchEncoding.char_to_token`, `token_to_chars`, `word_ids`).
 

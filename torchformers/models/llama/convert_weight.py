@@ -2,7 +2,7 @@
 
 MindFormers' Llama uses rotate-half RoPE like Hugging Face's, so the conversion is a rename only:
 no transposes and no q/k permutation (MindFormers `mindformers/models/llama/convert_weight.py`).
-The bias entries serve models built on Llama with biased q/k/v projections (e.g. Qwen2).
+The bias entries serve external models built on Llama with biased q/k/v projections (research/ folders).
 """
 
 from torchformers.checkpoint.key_map import KeyMap

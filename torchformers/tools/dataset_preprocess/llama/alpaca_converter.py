@@ -3,7 +3,8 @@
 Input: a JSON list of `{"instruction", "input", "output"}` records (extra keys such as `text` are
 ignored). Output: a JSON list of `{"id": "<1-based>", "conversations": [{"from": "human", "value":
 <Alpaca prompt>}, {"from": "gpt", "value": <output>}]}`, written with indent 2 and `ensure_ascii=False`.
-The output file is never overwritten (as MindFormers r1.5) and is written atomically.
+The output file is never overwritten (as MindFormers r1.5) and is written atomically; its folder is
+created when missing.
 
     python -m torchformers.tools.dataset_preprocess.llama.alpaca_converter \
         --data_path alpaca_data.json --output_path alpaca-data-conversation.json
@@ -76,6 +77,10 @@ def convert(data_path: str | os.PathLike, output_path: str | os.PathLike) -> int
     except json.JSONDecodeError as err:
         raise ConversionError(f"{data_path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}") from None
     conversations = alpaca_to_conversations(records, str(data_path))
+    try:  # only once the input is known to be good, so a mistake leaves no new folders behind
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConversionError(f"--output_path {output_path}: cannot create its folder ({err})") from None
     tmp = output_path.with_name(f".{output_path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:

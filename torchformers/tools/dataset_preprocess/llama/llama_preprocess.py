@@ -182,15 +182,18 @@ def load_tokenizer(
 
 
 def _resolve_tokenizer_class(tokenizer_type: str, register_path: str | None):
+    from torchformers.cli import use_register_path
     from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
-    from torchformers.tools.register.register import REGISTER_PATH_ENV, import_module_from_folder
+    from torchformers.tools.register.config import ConfigError
+    from torchformers.tools.register.register import import_module_from_folder
 
     kind = MindFormerModuleType.TOKENIZER
     if register_path:
-        folder = Path(register_path).expanduser().resolve()
-        if not folder.is_dir():
-            raise PreprocessError(f"--register_path {register_path} is not a folder")
-        os.environ[REGISTER_PATH_ENV] = str(folder)
+        # as run_mindformer.py: the current directory first, then the repository root
+        try:
+            folder = use_register_path(register_path)
+        except ConfigError as err:
+            raise PreprocessError(str(err)) from None
         if "." in tokenizer_type:  # module_file.ClassName, as YAML auto_register
             return MindFormerRegister.auto_register(tokenizer_type, kind)
         if not MindFormerRegister.is_exist(kind, tokenizer_type):
@@ -1009,7 +1012,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="registered TOKENIZER class (e.g. LlamaTokenizer, Llama3Tokenizer) or module.Class",
     )
     parser.add_argument("--tokenizer_file", type=str, default=None, help="tokenizer.json for fast tokenizers")
-    parser.add_argument("--register_path", type=str, default=None, help="folder of external tokenizer code")
+    parser.add_argument(
+        "--register_path",
+        type=str,
+        default=None,
+        help="folder of external tokenizer code (current directory first, then the repository root)",
+    )
     parser.add_argument("--file_partition", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seq_length", type=int, default=2048)
