@@ -178,7 +178,16 @@ def load_tokenizer(
             if not Path(value).is_file():
                 raise PreprocessError(f"--{'model_file' if key == 'vocab_file' else key} {value} is not a file")
             kwargs[key] = value
+            # special tokens and the chat template saved beside the vocabulary (Hugging Face layout)
+            saved = Path(value).parent / "tokenizer_config.json"
+            if saved.is_file():
+                settings = json.loads(saved.read_text(encoding="utf-8"))
+                kwargs.update({k: v for k, v in settings.items() if k in _SAVED_TOKENIZER_KEYS and k not in kwargs})
     return cls(**kwargs)
+
+
+_SAVED_TOKENIZER_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "add_bos_token", "add_eos_token",
+                         "chat_template")  # fmt: skip
 
 
 def _resolve_tokenizer_class(tokenizer_type: str, register_path: str | None):
@@ -1054,6 +1063,9 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer_file=args.tokenizer_file,
         register_path=args.register_path,
     )
+    from torchformers.models.tokenization_utils_base import TokenizerError
+    from torchformers.tools.register import RegistryError
+
     try:
         meta = preprocess(
             args.dataset_type,
@@ -1072,7 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    except PreprocessError as err:
+    except (PreprocessError, TokenizerError, RegistryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
