@@ -629,6 +629,16 @@ def meta_path(output_file: str | os.PathLike) -> Path:
     return Path(f"{output_file}.meta.json")
 
 
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy"}
+
+
+def parquet_writer(path: str | os.PathLike, schema):
+    """A `pyarrow.parquet.ParquetWriter` with the options every tokenized output uses."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetWriter(path, schema, **PARQUET_OPTIONS)
+
+
 class _ParquetSink:
     """Writes fixed-length int32 rows round-robin into `file_partition` Parquet files, atomically."""
 
@@ -655,7 +665,6 @@ class _ParquetSink:
             self._flush(k)
 
     def _flush(self, k: int) -> None:
-        import pyarrow.parquet as pq
 
         rows = self.buffers[k]
         if not rows:
@@ -665,17 +674,16 @@ class _ParquetSink:
             flat = self.pa.array(np.concatenate([r[c] for r in rows]).astype(np.int32, copy=False))
             arrays.append(self.pa.FixedSizeListArray.from_arrays(flat, self.length))
         if self.writers[k] is None:
-            self.writers[k] = pq.ParquetWriter(self.tmp[k], self.schema, compression="snappy")
+            self.writers[k] = parquet_writer(self.tmp[k], self.schema)
         self.writers[k].write_table(self.pa.Table.from_arrays(arrays, schema=self.schema))
         self.buffers[k] = []
 
     def commit(self, meta: dict, meta_file: Path) -> None:
-        import pyarrow.parquet as pq
 
         for k in range(len(self.files)):
             self._flush(k)
             if self.writers[k] is None:  # an empty partition is still a valid file with the schema
-                self.writers[k] = pq.ParquetWriter(self.tmp[k], self.schema, compression="snappy")
+                self.writers[k] = parquet_writer(self.tmp[k], self.schema)
             self.writers[k].close()
         meta_tmp = meta_file.with_name(f".{meta_file.name}.tmp-{os.getpid()}")
         meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
