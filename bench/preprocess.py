@@ -6,9 +6,14 @@ mask the labels of a mismatched record, truncate and pad to `seq_length + 1`, an
 Parquet with the same writer options, one row group at a time. Its rows are checked equal to the
 tool's output.
 
-Both run in one process, in alternating rounds (plain, tool with 1 worker, tool with N workers, again
-...), and the best round of each is reported, with the peak resident memory seen during its rounds
-(Pss of this process plus its worker processes, sampled every 25 ms).
+Both run in one process, in alternating rounds (plain, tool with 1 worker, tool with N workers, N
+plain loops side by side, again ...), and the best round of each is reported, with its CPU seconds
+(this process plus its children) and the peak memory seen during its rounds (Pss of this process
+plus its worker processes, sampled every 25 ms).
+
+`side_by_side` runs N independent copies of the plain loop at once, each on the whole input (N times
+the records): no communication, no serial part, so `side_by_side_speedup` is the most N workers can
+gain on this machine as it is (cores, caches, memory bandwidth and other load included).
 
     PYTHONPATH=. python bench/preprocess.py --model_file tokenizer.model --copies 100 --workers 2
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -133,6 +139,21 @@ def read_rows(path: Path) -> dict[str, np.ndarray]:
     return {c: table.column(c).combine_chunks().flatten().to_numpy() for c in ("input_ids", "labels")}
 
 
+def side_by_side(copies: int, path: Path, out: Path, tokenizer, seq_length: int) -> int:
+    """`copies` plain loops at once in forked processes; the records they wrote together."""
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=plain_loop, args=(path, out.with_name(f"{out.name}.{i}"), tokenizer, seq_length))
+        for i in range(copies)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert all(p.exitcode == 0 for p in procs), "a side-by-side plain loop failed"
+    return sum(pq.ParquetFile(out.with_name(f"{out.name}.{i}")).metadata.num_rows for i in range(copies))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_file", type=str, default=None)
@@ -167,17 +188,25 @@ def main(argv: list[str] | None = None) -> int:
         variants = {"plain_loop": lambda out: plain_loop(data, out, tokenizer, args.seq_length)}
         for workers in sorted({1, args.workers}):
             variants[f"workers_{workers}"] = tool(workers)
+        if args.workers > 1:
+            variants["side_by_side"] = lambda out: side_by_side(args.workers, data, out, tokenizer, args.seq_length)
+        expected = {name: n * (args.workers if name == "side_by_side" else 1) for name in variants}
         best = dict.fromkeys(variants, float("inf"))
+        cpu = dict.fromkeys(variants, float("inf"))
         peak = dict.fromkeys(variants, 0)
         for _ in range(args.rounds):
             for name, run in variants.items():
                 with PeakMemory() as memory:
-                    start = time.perf_counter()
-                    assert run(tmp / f"{name}.parquet") == n
-                    best[name] = min(best[name], time.perf_counter() - start)
+                    before, start = os.times(), time.perf_counter()
+                    assert run(tmp / f"{name}.parquet") == expected[name]
+                    seconds, after = time.perf_counter() - start, os.times()
+                best[name] = min(best[name], seconds)
+                cpu[name] = min(cpu[name], sum(after[:4]) - sum(before[:4]))  # user + system, self + children
                 peak[name] = max(peak[name], memory.peak)
         reference = read_rows(tmp / "plain_loop.parquet")
         for name in variants:
+            if name == "side_by_side":
+                continue
             rows = read_rows(tmp / f"{name}.parquet")
             assert all(np.array_equal(reference[c], rows[c]) for c in reference), f"{name} rows differ"
     results = {
@@ -185,10 +214,16 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "seq_length": args.seq_length,
         "rounds": args.rounds,
-        **{f"{name}_records_per_s": round(n / best[name], 1) for name in variants},
+        **{f"{name}_records_per_s": round(expected[name] / best[name], 1) for name in variants},
+        **{f"{name}_cpu_s": round(cpu[name], 2) for name in variants},
         **{f"{name}_peak_pss_mb": round(peak[name] / 2**20, 1) for name in variants},
         "speedup_vs_plain": round(best["plain_loop"] / best[f"workers_{args.workers}"], 2),
-        "load_average": os.getloadavg()[0],
+        **(
+            {"side_by_side_speedup": round(args.workers * best["plain_loop"] / best["side_by_side"], 2)}
+            if args.workers > 1
+            else {}
+        ),
+        "load_average_1min": os.getloadavg()[0],
     }
     print(json.dumps(results))
     return 0
