@@ -8,12 +8,16 @@ tool's output.
 
 Both run in one process, in alternating rounds (plain, tool with 1 worker, tool with N workers, N
 plain loops side by side, again ...), and the best round of each is reported, with its CPU seconds
-(this process plus its children) and the peak memory seen during its rounds (Pss of this process
-plus its worker processes, sampled every 25 ms).
+(this process plus its children). Peak memory (Pss of this process plus its worker processes,
+sampled every 25 ms) is taken in one more, untimed run of each.
 
 `side_by_side` runs N independent copies of the plain loop at once, each on the whole input (N times
 the records): no communication, no serial part, so `side_by_side_speedup` is the most N workers can
 gain on this machine as it is (cores, caches, memory bandwidth and other load included).
+`cpu_bound_speedup` is what N free cores would give at the measured CPU costs: plain-loop CPU
+seconds over the larger of the main process's CPU seconds and the pool run's total split N ways.
+On a machine shared with other work the wall-clock ratios follow the other load; these two do not
+(as much).
 
     PYTHONPATH=. python bench/preprocess.py --model_file tokenizer.model --copies 100 --workers 2
 
@@ -193,16 +197,20 @@ def main(argv: list[str] | None = None) -> int:
         expected = {name: n * (args.workers if name == "side_by_side" else 1) for name in variants}
         best = dict.fromkeys(variants, float("inf"))
         cpu = dict.fromkeys(variants, float("inf"))
+        main_cpu = dict.fromkeys(variants, float("inf"))
         peak = dict.fromkeys(variants, 0)
         for _ in range(args.rounds):
             for name, run in variants.items():
-                with PeakMemory() as memory:
-                    before, start = os.times(), time.perf_counter()
-                    assert run(tmp / f"{name}.parquet") == expected[name]
-                    seconds, after = time.perf_counter() - start, os.times()
+                before, start = os.times(), time.perf_counter()
+                assert run(tmp / f"{name}.parquet") == expected[name]
+                seconds, after = time.perf_counter() - start, os.times()
                 best[name] = min(best[name], seconds)
                 cpu[name] = min(cpu[name], sum(after[:4]) - sum(before[:4]))  # user + system, self + children
-                peak[name] = max(peak[name], memory.peak)
+                main_cpu[name] = min(main_cpu[name], sum(after[:2]) - sum(before[:2]))
+        for name, run in variants.items():  # apart: reading smaps costs CPU that would skew the timings
+            with PeakMemory() as memory:
+                run(tmp / f"{name}.parquet")
+            peak[name] = memory.peak
         reference = read_rows(tmp / "plain_loop.parquet")
         for name in variants:
             if name == "side_by_side":
@@ -216,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         **{f"{name}_records_per_s": round(expected[name] / best[name], 1) for name in variants},
         **{f"{name}_cpu_s": round(cpu[name], 2) for name in variants},
+        f"workers_{args.workers}_main_process_cpu_s": round(main_cpu[f"workers_{args.workers}"], 2),
+        # what N free cores would give at these CPU costs: the serial main process or the total split N ways
+        "cpu_bound_speedup": round(
+            cpu["plain_loop"] / max(main_cpu[f"workers_{args.workers}"], cpu[f"workers_{args.workers}"] / args.workers),
+            2,
+        ),
         **{f"{name}_peak_pss_mb": round(peak[name] / 2**20, 1) for name in variants},
         "speedup_vs_plain": round(best["plain_loop"] / best[f"workers_{args.workers}"], 2),
         **(
