@@ -22,9 +22,12 @@ tokens lost to the tail remainder).
   end-of-turn token that closes them) and are -100 elsewhere. `--pack` puts several conversations in
   one sample, with `position_ids` restarting and `segment_ids` (1, 2, ...; 0 = padding) per conversation.
 
-Work is spread over `--num_workers` processes (default: all cores), each loading the tokenizer once;
-input is read in chunks with bounded look-ahead; output is written under a temporary name and moved
-into place only when complete.
+Work is spread over `--num_workers` processes (default: all cores), each loading the tokenizer once.
+The workers do all the per-record work (parsing JSON lines, checking, encoding, label masking,
+`--on_long`) and send back each chunk's tokens as compact int32 arrays; the main process only reads
+the input in chunks with bounded look-ahead (a JSON list is parsed there to find its records), copies
+rows into pre-padded row-group blocks and writes them (zstd level 1, no dictionary, no statistics).
+Output is written under a temporary name and moved into place only when complete.
 
     python -m torchformers.tools.dataset_preprocess.llama.llama_preprocess --dataset_type qa \
         --input_glob alpaca-data-conversation.json --model_file tokenizer.model \
