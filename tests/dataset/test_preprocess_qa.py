@@ -339,3 +339,42 @@ def test_register_path_resolves_like_run_mindformer(llama3_model_file, tmp_path,
         llama_preprocess.load_tokenizer(
             model_file=str(llama3_model_file), tokenizer_type="Llama3Tokenizer", register_path="research/nothing"
         )
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_worker_pool_matches_inline_on_json_lines(conversation_file, llama2_factory, tmp_path, pack):
+    """The pool (workers parse JSON lines, mask, truncate; the main process pads and writes) gives the
+    inline run's rows, counts and partition layout."""
+    records = json.loads(conversation_file.read_text(encoding="utf-8"))
+    lines = [json.dumps(r) for r in records]
+    lines.insert(37, json.dumps({"id": "bad"}))  # skipped and counted
+    src = tmp_path / "conv.jsonl"
+    src.write_text("\n".join(lines[:50]) + "\n\n" + "\n".join(lines[50:]) + "\n", encoding="utf-8")
+    kwargs = dict(seq_length=200, progress=False, pack=pack, on_error="skip", file_partition=2, chunk_records=7)
+    inline = preprocess("qa", str(src), tmp_path / "a.parquet", llama2_factory, num_workers=1, **kwargs)
+    pooled = preprocess("qa", str(src), tmp_path / "b.parquet", llama2_factory, num_workers=2, **kwargs)
+    assert inline["counts"] == pooled["counts"]
+    assert inline["counts"]["records_skipped_bad"] == 1 and inline["counts"]["truncated"] > 0
+    for k in range(2):
+        a, b = read_rows(tmp_path / f"a.parquet{k}"), read_rows(tmp_path / f"b.parquet{k}")
+        assert a.keys() == b.keys() and all((a[c] == b[c]).all() for c in a)
+
+
+def test_malformed_json_line_in_a_worker_names_file_and_line(conversation_file, llama2_factory, tmp_path):
+    records = json.loads(conversation_file.read_text(encoding="utf-8"))
+    lines = [json.dumps(r) for r in records[:40]]
+    lines[33] = lines[33][:-5]
+    src = tmp_path / "broken.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(PreprocessError, match=r"broken\.jsonl:34:\d+: malformed JSON line"):
+        preprocess(
+            "qa",
+            str(src),
+            tmp_path / "o.parquet",
+            llama2_factory,
+            seq_length=64,
+            num_workers=2,
+            progress=False,
+            chunk_records=4,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.jsonl"]

@@ -22,9 +22,12 @@ tokens lost to the tail remainder).
   end-of-turn token that closes them) and are -100 elsewhere. `--pack` puts several conversations in
   one sample, with `position_ids` restarting and `segment_ids` (1, 2, ...; 0 = padding) per conversation.
 
-Work is spread over `--num_workers` processes (default: all cores), each loading the tokenizer once;
-input is read in chunks with bounded look-ahead; output is written under a temporary name and moved
-into place only when complete.
+Work is spread over `--num_workers` processes (default: all cores), each loading the tokenizer once.
+The workers do all the per-record work (parsing JSON lines, checking, encoding, label masking,
+`--on_long`) and send back each chunk's tokens as compact int32 arrays; the main process only reads
+the input in chunks with bounded look-ahead (a JSON list is parsed there to find its records), copies
+rows into pre-padded row-group blocks and writes them (zstd level 1, no dictionary, no statistics).
+Output is written under a temporary name and moved into place only when complete.
 
     python -m torchformers.tools.dataset_preprocess.llama.llama_preprocess --dataset_type qa \
         --input_glob alpaca-data-conversation.json --model_file tokenizer.model \
@@ -40,6 +43,7 @@ import argparse
 import collections
 import functools
 import glob
+import itertools
 import json
 import logging
 import multiprocessing
@@ -230,32 +234,56 @@ def iter_json_records(path: str | os.PathLike, read_size: int = 1 << 20) -> Iter
 
     Raises PreprocessError naming the file and line of malformed JSON, and for empty files.
     """
+    raw, items = _json_items(path, read_size)
+    if not raw:
+        yield from items
+        return
+    for lineno, line in items:
+        yield lineno, _parse_json_line(path, lineno, line)
+
+
+def _json_items(path: str | os.PathLike, read_size: int = 1 << 20) -> tuple[bool, Iterator[tuple[int, Any]]]:
+    """`(False, (line, record) of a JSON list)` or `(True, (line, text) of each non-blank line of JSON lines)`.
+
+    JSON lines are handed over unparsed so that the workers parse them (`_parse_json_line`); a JSON
+    list has to be parsed here to find where each record ends. The empty-file check happens now.
+    """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
+    f = open(path, encoding="utf-8")  # closed by the iterator (or on error here)
+    try:
         head = ""
         while not head.strip():
             block = f.read(read_size)
             if not block:
                 raise PreprocessError(f"{path}: the file is empty")
             head += block
-        stripped = head.lstrip()
-        if stripped.startswith("["):
-            yield from _iter_json_array(path, f, head, read_size)
-            return
-        lines_consumed = 0
-        buffer = head
-        while True:
-            *complete, buffer = buffer.split("\n")
-            for line in complete:
-                lines_consumed += 1
-                if line.strip():
-                    yield lines_consumed, _parse_json_line(path, lines_consumed, line)
-            block = f.read(read_size)
-            if not block:
-                break
-            buffer += block
-        if buffer.strip():
-            yield lines_consumed + 1, _parse_json_line(path, lines_consumed + 1, buffer)
+    except BaseException:
+        f.close()
+        raise
+    if head.lstrip().startswith("["):
+        return False, _closing(f, _iter_json_array(path, f, head, read_size))
+    return True, _closing(f, _iter_json_lines(f, head, read_size))
+
+
+def _closing(f, items: Iterator) -> Iterator:
+    with f:
+        yield from items
+
+
+def _iter_json_lines(f, buffer: str, read_size: int) -> Iterator[tuple[int, str]]:
+    lines_consumed = 0
+    while True:
+        *complete, buffer = buffer.split("\n")
+        for line in complete:
+            lines_consumed += 1
+            if line.strip():
+                yield lines_consumed, line
+        block = f.read(read_size)
+        if not block:
+            break
+        buffer += block
+    if buffer.strip():
+        yield lines_consumed + 1, buffer
 
 
 def _parse_json_line(path: Path, lineno: int, line: str):
@@ -263,6 +291,9 @@ def _parse_json_line(path: Path, lineno: int, line: str):
         return json.loads(line)
     except json.JSONDecodeError as err:
         raise PreprocessError(f"{path}:{lineno}:{err.colno}: malformed JSON line: {err.msg}") from None
+
+
+_JSON_SPACE = re.compile(r"[ \t\r\n]*")
 
 
 def _iter_json_array(path: Path, f, buffer: str, read_size: int) -> Iterator[tuple[int, Any]]:
@@ -274,10 +305,9 @@ def _iter_json_array(path: Path, f, buffer: str, read_size: int) -> Iterator[tup
     while True:
         # skip whitespace (and one comma between values)
         while True:
-            while pos < len(buffer) and buffer[pos] in " \t\r\n":
-                if buffer[pos] == "\n":
-                    line += 1
-                pos += 1
+            end = _JSON_SPACE.match(buffer, pos).end()  # a regex: this runs twice per record
+            line += buffer.count("\n", pos, end)
+            pos = end
             if pos < len(buffer) or eof:
                 break
             block = f.read(read_size)
@@ -573,12 +603,26 @@ def _init_worker(tokenizer_factory: Callable[[], Any]) -> None:
     _worker_tokenizer = tokenizer_factory()
 
 
-def _qa_task(chunk: list[tuple[str, int, Any]], chat_format: str, on_error: str):
-    """Encode a chunk of conversations: `([(where, ids, labels, mismatch)], counts, warnings)`."""
-    out, warnings = [], []
+def _qa_task(
+    chunk: tuple[str, bool, list[tuple[int, Any]]], chat_format: str, on_error: str, length: int, on_long: str
+):
+    """All the per-record work on a chunk of one file, in the worker: parse (JSON lines), check, encode,
+    mask the labels of a mismatched conversation, apply `on_long`.
+
+    `chunk` is `(file, raw, [(line, record or line text when raw)])`. Returns `(ids, labels, lengths,
+    counts, warnings)`: the kept conversations' tokens end to end as int32 arrays and their lengths
+    (compact to send back: padding is added where the rows are written), the counts, and the
+    `(kind, message)` warnings in input order.
+    """
+    source, raw, items = chunk
+    ids_out: list[int] = []
+    labels_out: list[int] = []
+    lengths: list[int] = []
+    warnings: list[tuple[str, str]] = []
     counts = collections.Counter()
-    for source, line, record in chunk:
+    for line, item in items:
         where = f"{source}:{line}"
+        record = _parse_json_line(source, line, item) if raw else item  # malformed JSON always stops the run
         try:
             messages = _conversation_messages(record, where)
             ids, labels, mismatch = encode_conversation(_worker_tokenizer, messages, chat_format)
@@ -588,8 +632,31 @@ def _qa_task(chunk: list[tuple[str, int, Any]], chat_format: str, on_error: str)
             counts["records_skipped_bad"] += 1
             warnings.append(("bad", str(err)))
             continue
-        out.append((where, np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32), mismatch))
-    return out, dict(counts), warnings
+        counts["records"] += 1
+        if mismatch:
+            counts["label_mismatch_masked"] += 1
+            warnings.append(
+                ("mismatch", f"{where}: tokenization mismatch between rounds and the whole; labels all -100")
+            )
+            labels = [IGNORE_TOKEN_ID] * len(labels)
+        if len(ids) > length:
+            message = f"{where}: the conversation has {len(ids)} tokens, more than seq_length + 1 = {length}"
+            if on_long == "error":
+                raise PreprocessError(message + " (--on_long error)")
+            if on_long == "drop":
+                counts["dropped_too_long"] += 1
+                warnings.append(("long", message + "; dropped"))
+                continue
+            counts["truncated"] += 1
+            warnings.append(("long", message + "; truncated"))
+            ids, labels = ids[:length], labels[:length]
+        if labels.count(IGNORE_TOKEN_ID) == len(labels):
+            counts["no_label_tokens"] += 1
+        ids_out += ids
+        labels_out += labels
+        lengths.append(len(ids))
+    as_array = functools.partial(np.array, dtype=np.int32)
+    return as_array(ids_out), as_array(labels_out), as_array(lengths), dict(counts), warnings
 
 
 def _wiki_task(text: str):
@@ -638,10 +705,39 @@ def meta_path(output_file: str | os.PathLike) -> Path:
     return Path(f"{output_file}.meta.json")
 
 
-class _ParquetSink:
-    """Writes fixed-length int32 rows round-robin into `file_partition` Parquet files, atomically."""
+# Cheap to write (the writing process is serial): no dictionary pages nor statistics (token lists gain
+# little from either), zstd level 1 (about the size snappy + dictionary gives, in half the time).
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 1,
+    "use_dictionary": False,
+    "write_statistics": False,
+}
 
-    def __init__(self, files: list[Path], columns: list[str], length: int, schema_meta: dict, rows_per_group: int):
+
+def parquet_writer(path: str | os.PathLike, schema):
+    """A `pyarrow.parquet.ParquetWriter` with the options every tokenized output uses."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetWriter(path, schema, **PARQUET_OPTIONS)
+
+
+class _ParquetSink:
+    """Writes fixed-length int32 rows round-robin into `file_partition` Parquet files, atomically.
+
+    Rows arrive unpadded and are copied into one preallocated, pre-padded block per file and column;
+    a full block is written as one row group and refilled with padding.
+    """
+
+    def __init__(
+        self,
+        files: list[Path],
+        columns: list[str],
+        length: int,
+        schema_meta: dict,
+        rows_per_group: int,
+        pad_values: dict[str, int],
+    ):
         import pyarrow as pa
 
         self.pa = pa
@@ -649,42 +745,57 @@ class _ParquetSink:
         self.columns = columns
         self.length = length
         self.rows_per_group = rows_per_group
+        self.pad_values = pad_values
         self.tmp = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in files]
         fields = [pa.field(c, pa.list_(pa.int32(), length)) for c in columns]
         self.schema = pa.schema(fields, metadata={"torchformers": json.dumps(schema_meta)})
         self.writers: list = [None] * len(files)
-        self.buffers = [[] for _ in files]
+        self.blocks: list[dict[str, np.ndarray] | None] = [None] * len(files)
+        self.filled = [0] * len(files)
         self.rows = 0
 
-    def add(self, row: dict[str, np.ndarray]) -> None:
-        k = self.rows % len(self.files)
-        self.buffers[k].append(row)
-        self.rows += 1
-        if len(self.buffers[k]) >= self.rows_per_group:
-            self._flush(k)
+    def add(self, columns: dict[str, np.ndarray], lengths: np.ndarray) -> None:
+        """Append `len(lengths)` rows: row i of column c is the next `lengths[i]` values of `columns[c]`."""
+        parts = len(self.files)
+        start = 0
+        for n in lengths.tolist():
+            k = self.rows % parts
+            block = self.blocks[k]
+            if block is None:
+                block = self.blocks[k] = {
+                    c: np.full((self.rows_per_group, self.length), self.pad_values[c], np.int32) for c in self.columns
+                }
+            r = self.filled[k]
+            for c, values in columns.items():
+                block[c][r, :n] = values[start : start + n]
+            start += n
+            self.filled[k] = r + 1
+            self.rows += 1
+            if r + 1 == self.rows_per_group:
+                self._flush(k)
 
     def _flush(self, k: int) -> None:
-        import pyarrow.parquet as pq
-
-        rows = self.buffers[k]
-        if not rows:
+        n = self.filled[k]
+        if not n:
             return
-        arrays = []
-        for c in self.columns:
-            flat = self.pa.array(np.concatenate([r[c] for r in rows]).astype(np.int32, copy=False))
-            arrays.append(self.pa.FixedSizeListArray.from_arrays(flat, self.length))
+        block = self.blocks[k]
+        arrays = [
+            self.pa.FixedSizeListArray.from_arrays(self.pa.array(block[c][:n].ravel()), self.length)
+            for c in self.columns
+        ]
         if self.writers[k] is None:
-            self.writers[k] = pq.ParquetWriter(self.tmp[k], self.schema, compression="snappy")
+            self.writers[k] = parquet_writer(self.tmp[k], self.schema)
         self.writers[k].write_table(self.pa.Table.from_arrays(arrays, schema=self.schema))
-        self.buffers[k] = []
+        for c in self.columns:  # written (and copied) by now: the block is reused for the next row group
+            block[c][:n] = self.pad_values[c]
+        self.filled[k] = 0
 
     def commit(self, meta: dict, meta_file: Path) -> None:
-        import pyarrow.parquet as pq
 
         for k in range(len(self.files)):
             self._flush(k)
             if self.writers[k] is None:  # an empty partition is still a valid file with the schema
-                self.writers[k] = pq.ParquetWriter(self.tmp[k], self.schema, compression="snappy")
+                self.writers[k] = parquet_writer(self.tmp[k], self.schema)
             self.writers[k].close()
         meta_tmp = meta_file.with_name(f".{meta_file.name}.tmp-{os.getpid()}")
         meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -807,7 +918,9 @@ def preprocess(
     }
     if rows_per_group is None:  # about 4 MB of tokens per row group: cheap random access, good compression
         rows_per_group = max(16, (4 << 20) // (4 * length * len(columns)))
-    sink = _ParquetSink(files, columns, length, {k: meta[k] for k in meta if k != "inputs"}, rows_per_group)
+    pad_values = {"input_ids": pad_token_id, "labels": IGNORE_TOKEN_ID, "position_ids": 0, "segment_ids": 0}
+    schema_meta = {k: meta[k] for k in meta if k != "inputs"}
+    sink = _ParquetSink(files, columns, length, schema_meta, rows_per_group, pad_values)
     total = sum(p.stat().st_size for p in inputs) * repeat if dataset_type == "wiki" else None
     bar = _progress_bar(progress, total, "B" if dataset_type == "wiki" else "rec")
     started = time.perf_counter()
@@ -868,8 +981,7 @@ def _run_wiki(inputs, tokenizer, num_workers, repeat, length, sink, bar) -> dict
         counts["tokens"] += len(ids)
         stream = np.concatenate([carry, ids])
         n = len(stream) // length
-        for i in range(n):
-            sink.add({"input_ids": stream[i * length : (i + 1) * length]})
+        sink.add({"input_ids": stream[: n * length]}, np.full(n, length))
         carry = stream[n * length :]
         if bar is not None:
             bar.set_postfix(samples=sink.rows, refresh=False)
@@ -906,45 +1018,27 @@ def _run_qa(
 
     def chunks():
         for path in inputs:
-            chunk = []
-            for line, record in iter_json_records(path):
-                chunk.append((str(path), line, record))
-                if len(chunk) >= chunk_records:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
+            raw, items = _json_items(path)
+            while batch := list(itertools.islice(items, chunk_records)):
+                yield str(path), raw, batch
 
-    task = functools.partial(_qa_task, chat_format=chat_format, on_error=on_error)
-    packer = _Packer(length, pad_id, pack, sink)
-    for encoded, chunk_counts, warnings in _map_chunks(task, chunks(), *tokenizer, num_workers=num_workers):
+    task = functools.partial(_qa_task, chat_format=chat_format, on_error=on_error, length=length, on_long=on_long)
+    packer = _Packer(length, sink) if pack else None
+    for ids, labels, lengths, chunk_counts, warnings in _map_chunks(
+        task, chunks(), *tokenizer, num_workers=num_workers
+    ):
         counts.update(chunk_counts)
         for kind, message in warnings:
             warn(kind, message)
-        for where, ids, labels, mismatch in encoded:
-            counts["records"] += 1
-            if mismatch:
-                counts["label_mismatch_masked"] += 1
-                warn("mismatch", f"{where}: tokenization mismatch between rounds and the whole; labels all -100")
-                labels = np.full_like(labels, IGNORE_TOKEN_ID)
-            if len(ids) > length:
-                message = f"{where}: the conversation has {len(ids)} tokens, more than seq_length + 1 = {length}"
-                if on_long == "error":
-                    raise PreprocessError(message + " (--on_long error)")
-                if on_long == "drop":
-                    counts["dropped_too_long"] += 1
-                    warn("long", message + "; dropped")
-                    continue
-                counts["truncated"] += 1
-                warn("long", message + "; truncated")
-                ids, labels = ids[:length], labels[:length]
-            if not (labels != IGNORE_TOKEN_ID).any():
-                counts["no_label_tokens"] += 1
-            packer.add(ids, labels)
+        if packer is not None:
+            packer.add(ids, labels, lengths)
+        else:
+            sink.add({"input_ids": ids, "labels": labels}, lengths)
         if bar is not None:
             bar.set_postfix(samples=sink.rows, refresh=False)
-            bar.update(len(encoded))
-    packer.flush()
+            bar.update(chunk_counts.get("records", 0) + chunk_counts.get("records_skipped_bad", 0))
+    if packer is not None:
+        packer.flush()
     counts["samples"] = sink.rows
     if counts["records"] == 0:
         raise PreprocessError(f"no conversation found in {', '.join(map(str, inputs))}")
@@ -961,42 +1055,34 @@ def _run_qa(
 
 
 class _Packer:
-    """Pads each conversation to a sample, or packs several into one keeping their boundaries."""
+    """Puts conversations into samples greedily, in input order, with `position_ids` restarting and
+    `segment_ids` 1, 2, ... per conversation."""
 
-    def __init__(self, length: int, pad_id: int, pack: bool, sink: _ParquetSink):
-        self.length, self.pad_id, self.pack, self.sink = length, pad_id, pack, sink
+    def __init__(self, length: int, sink: _ParquetSink):
+        self.length, self.sink = length, sink
         self.items: list[tuple[np.ndarray, np.ndarray]] = []
         self.used = 0
 
-    def add(self, ids: np.ndarray, labels: np.ndarray) -> None:
-        if not self.pack:
-            self.items = [(ids, labels)]
-            self.flush()
-            return
-        if self.used + len(ids) > self.length:
-            self.flush()
-        self.items.append((ids, labels))
-        self.used += len(ids)
+    def add(self, ids: np.ndarray, labels: np.ndarray, lengths: np.ndarray) -> None:
+        """Conversations given end to end, as `_qa_task` returns them."""
+        start = 0
+        for n in lengths.tolist():
+            if self.used + n > self.length:
+                self.flush()
+            self.items.append((ids[start : start + n], labels[start : start + n]))
+            self.used += n
+            start += n
 
     def flush(self) -> None:
         if not self.items:
             return
-        n = self.length
-        ids = np.full(n, self.pad_id, dtype=np.int32)
-        labels = np.full(n, IGNORE_TOKEN_ID, dtype=np.int32)
-        positions = np.zeros(n, dtype=np.int32)
-        segments = np.zeros(n, dtype=np.int32)
-        pos = 0
-        for k, (a, b) in enumerate(self.items):
-            ids[pos : pos + len(a)] = a
-            labels[pos : pos + len(b)] = b
-            positions[pos : pos + len(a)] = np.arange(len(a), dtype=np.int32)
-            segments[pos : pos + len(a)] = k + 1
-            pos += len(a)
-        row = {"input_ids": ids, "labels": labels}
-        if self.pack:
-            row |= {"position_ids": positions, "segment_ids": segments}
-        self.sink.add(row)
+        columns = {
+            "input_ids": np.concatenate([a for a, _ in self.items]),
+            "labels": np.concatenate([b for _, b in self.items]),
+            "position_ids": np.concatenate([np.arange(len(a), dtype=np.int32) for a, _ in self.items]),
+            "segment_ids": np.concatenate([np.full(len(a), k + 1, np.int32) for k, (a, _) in enumerate(self.items)]),
+        }
+        self.sink.add(columns, np.array([self.used]))
         self.items, self.used = [], 0
 
 
