@@ -106,19 +106,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         loss = torch.zeros((), dtype=torch.float32, device=x.device)
         dx = torch.empty_like(x) if want_grad else None
-        dw = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if want_grad else None
+        dw = None  # fp32 sum over chunks
         for start in range(0, x.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
             x_c, t_c, w_c = x[rows], targets[rows], weights[rows].float()
             logits = F.linear(x_c, weight).float()  # (n, vocab)
-            lse = torch.logsumexp(logits, dim=-1)  # (n,)
-            loss += ((lse - logits.gather(1, t_c.unsqueeze(1)).squeeze(1)) * w_c).sum()
+            target_logit = logits.gather(1, t_c.unsqueeze(1)).squeeze(1)
+            row_max = logits.amax(dim=-1, keepdim=True)
+            exps = logits.sub_(row_max).exp_()  # in place of the logits: one (n, vocab) buffer per chunk
+            total = exps.sum(dim=-1)
+            loss += ((row_max.squeeze(1) + total.log() - target_logit) * w_c).sum()  # logsumexp - target logit
             if want_grad:
-                dlogits = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
-                dlogits[torch.arange(len(t_c), device=x.device), t_c] -= 1.0
-                dlogits = dlogits.mul_(w_c.unsqueeze(1)).to(x.dtype)
+                dlogits = exps.mul_((w_c / total).unsqueeze(1))  # w * softmax
+                dlogits[torch.arange(len(t_c), device=x.device), t_c] -= w_c  # w * (softmax - onehot)
+                dlogits = dlogits.to(x.dtype)
                 dx[rows] = dlogits @ weight  # (n, hidden)
-                dw += (dlogits.T @ x_c).float()  # (vocab, hidden)
+                dw_c = dlogits.T @ x_c  # (vocab, hidden)
+                dw = dw_c.float() if dw is None else dw.add_(dw_c)
         ctx.save_for_backward(dx, dw)
         ctx.weight_dtype = weight.dtype
         return loss
