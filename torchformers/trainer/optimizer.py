@@ -7,6 +7,14 @@ using the fused kernel where the parameters allow it and the foreach one otherwi
 `beta1`/`beta2` arguments of the `AdamWeightDecay` family and the `betas` pair of `AdamW` are both
 accepted. MindSpore's `AdamWeightDecay` has no bias correction; `torch.optim.AdamW` has.
 
+`FP32StateAdamWeightDecay` is MindFormers' optimizer for low-precision weights (`param_init_type:
+bfloat16`): the moments stay in fp32 whatever the weights' dtype. Here it also keeps an fp32 master
+copy of each bf16/fp16 weight (the usual mixed-precision recipe, as Megatron's `main_params`): the
+update runs on the master with the gradient cast to fp32, and the weight the model computes with is
+refreshed from the master after every step, so updates smaller than a bf16 ulp are not lost. The
+masters and fp32 moments are optimizer state (`optim_master.<name>`, `adam_m.<name>`, ... in training
+checkpoints) and survive save / resume unrounded.
+
 Weight-decay groups follow `mindformers/core/optim/optimizer_grouped_parameters.py`: parameters of
 one dimension and names ending in `.bias` get no decay; a model with `no_weight_decay()` /
 `no_weight_decay_keywords()` names the skipped ones itself.
@@ -119,8 +127,55 @@ class FusedAdamWeightDecay(AdamW):
 
 
 class FP32StateAdamWeightDecay(FusedAdamWeightDecay):
-    """MindFormers' `FP32StateAdamWeightDecay`: moments in fp32 (torch keeps them in the weights' dtype,
-    which is fp32 for fp32 master weights)."""
+    """MindFormers' `FP32StateAdamWeightDecay`: fp32 moments and fp32 master weights for bf16/fp16 weights.
+
+    For fp32 weights it is `FusedAdamWeightDecay`. For a low-precision weight `p` the state holds
+    `master` (fp32), `exp_avg` and `exp_avg_sq` (fp32); each step updates the master from
+    `p.grad.float()` with torch's AdamW kernel and copies the master back into `p`. Weights loaded
+    into the model after the first step are not seen by the masters: load them before training.
+    """
+
+    def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps):
+        # torch gathers the group's tensors and creates missing state in the weights' dtype; the
+        # low-precision entries are then swapped for their fp32 master / fp32 state before the kernel runs
+        has_complex = super()._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+        for i, p in enumerate(params):
+            if p.dtype == torch.float32 or not p.is_floating_point():
+                continue
+            state = self.state[p]
+            if "master" not in state:
+                state["master"] = p.detach().float()
+            for key, values in (
+                ("exp_avg", exp_avgs),
+                ("exp_avg_sq", exp_avg_sqs),
+                ("max_exp_avg_sq", max_exp_avg_sqs),
+            ):
+                if key in state:
+                    state[key] = state[key].float()
+                    values[i] = state[key]
+            params[i], grads[i] = state["master"], grads[i].float()
+            self._refresh.append((p, state["master"]))
+        return has_complex
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self._refresh: list[tuple[torch.Tensor, torch.Tensor]] = []
+        loss = super().step(closure)
+        if self._refresh:
+            weights, masters = zip(*self._refresh)
+            torch._foreach_copy_(list(weights), list(masters))  # rounds each fp32 master to the weight's dtype
+        self._refresh = []
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch casts loaded state to each weight's dtype; masters and moments are put back in fp32."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            for key, value in state_dict["state"].get(saved_id, {}).items():
+                if key != "step" and isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+                    self.state[p][key] = value.to(p.device, copy=True)
 
 
 for _cls, _aliases in (
