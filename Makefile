@@ -25,4 +25,4 @@ lint: setup
 	$(PY) -m ruff check .
 
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not gpu"
