@@ -401,7 +401,11 @@ class CausalLanguageModelingTrainer(BaseTrainer):
         import torch.distributed as dist
 
         if not (config.get("use_parallel") and dist.is_initialized() and dist.get_world_size() > 1):
-            return self.build_network(config)
+            from torchformers.generation import prepare_for_cpu_inference
+
+            # fp32 on CPU: weights prepacked for oneDNN, about 1.8x faster decoding (docs/performance_tuning.md);
+            # any other model is returned as it is
+            return prepare_for_cpu_inference(self.build_network(config))
         from torchformers.parallel.mesh import parallel_dims_from_config
         from torchformers.parallel.parallelize import build_parallel_model
 
