@@ -94,6 +94,14 @@ def runs(tmp_path_factory, wiki_bytes):
         ),  # fmt: skip
         ("pp2", "train", _layout(pp=2, **{"parallel_config.micro_batch_num": 2}, **UNTIED), None),
         ("resume_tp2", "train", _layout(mp=2, resume_training=str(step3)), None),
+        # from a full weights file: built on the meta device, each rank loads only its shards
+        (
+            "fsdp2_from_full",
+            "train",
+            _layout(dp=2, **{"parallel.enable_parallel_optimizer": True}, load_checkpoint=str(full), **UNTIED),
+            None,
+        ),
+        ("tp2_from_full", "train", _layout(mp=2, load_checkpoint=str(full), **UNTIED), None),
     ]
     plan = {"out": str(root), "data": str(data), "scenarios": []}
     for name, kind, overrides, out in scenarios:
@@ -124,8 +132,9 @@ def runs(tmp_path_factory, wiki_bytes):
         assert "error" not in got, f"{name} on rank {rank} failed:\n{got['error']}"
         return got
 
-    # one process resumes the dp2 checkpoint too
+    # one process resumes the dp2 checkpoint too, and trains from the full weights file
     refs["resume_single"] = _single(root / "resume_single", data, resume_training=str(step3))
+    refs["from_full"] = _single(root / "from_full", data, load_checkpoint=str(full), **UNTIED)
     return result, refs, root
 
 
@@ -169,3 +178,12 @@ def test_tp2_greedy_generation_matches_one_process(runs):
         # the weights really are split: half the heads and half the vocabulary on each rank
         assert got["local_shapes"]["model.layers.0.attention.wq.weight"] == [16, 32]
         assert got["local_shapes"]["lm_head.weight"] == [128, 32]
+
+
+@pytest.mark.parametrize("name", ["fsdp2_from_full", "tp2_from_full"])
+def test_sharded_training_from_a_full_checkpoint_matches_one_process(runs, name):
+    result, refs, _ = runs
+    got, want = result(name)["losses"], refs["from_full"]
+    assert sorted(int(k) for k in got) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert abs(got[str(step)] - want[step]) < TOL, (name, step, got[str(step)], want[step])

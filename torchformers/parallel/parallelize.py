@@ -200,7 +200,8 @@ def _check_layout(model: nn.Module, dims: ParallelDims) -> None:
     """Run the predict-shaped inputs through the sharded meta model: shape errors of the layout surface here,
     before any memory is allocated. Layouts that communicate inside forward cannot run on meta tensors
     and are checked when the first real batch runs."""
-    if dims.pp > 1 or not hasattr(model, "prepare_inputs_for_predict_layout"):
+    if dims.pp > 1 or dims.dp > 1 or not hasattr(model, "prepare_inputs_for_predict_layout"):
+        # (under FSDP2 such a forward would set up its state on the meta parameters)
         return
     inputs = model.prepare_inputs_for_predict_layout()
     was_training = model.training

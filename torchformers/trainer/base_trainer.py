@@ -144,6 +144,13 @@ def _parallel_dims(config):
     return parallel_dims_from_config(config)
 
 
+def _meta_buildable(config, checkpoint) -> bool:
+    """A full weights file (not a training state, no LoRA to wrap first) can fill a meta-built sharded model."""
+    from torchformers.pet import is_lora_config
+
+    return not is_lora_config(config.get_value("model.model_config.pet_config")) and not _is_train_state(checkpoint)
+
+
 def _is_train_state(path) -> bool:
     return isinstance(path, (str, Path)) and Path(path).is_file() and Path(f"{path}.json").is_file()
 
@@ -275,17 +282,28 @@ class BaseTrainer:
                 resume_path = Path(config.load_checkpoint)
 
         dataset = dataset if dataset is not None else self.build_dataset(config, "train_dataset")
-        if network is None:
-            # a resumed run reads its weights from the resume checkpoint, not from load_checkpoint
-            network = self.build_network(config, checkpoint=None) if resume_path is None else self._bare(config)
-        network.to(device)
         recompute = bool(config.get_value("recompute_config.recompute"))
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         dims, plan = _parallel_dims(config), None
-        if dims is not None:  # TP -> recompute -> FSDP2 (and the pipeline stage) from parallel_config
-            from torchformers.parallel import parallelize_model
+        checkpoint = None if resume_path is not None else (config.get("load_checkpoint") or None)
+        if network is None and dims is not None and checkpoint and _meta_buildable(config, checkpoint):
+            # start from weights: build on the meta device, shard, then load only this rank's shards,
+            # so no rank ever holds the whole model
+            from torchformers.parallel.parallelize import build_parallel_model
 
-            plan = parallelize_model(network, dims, device, recompute=recompute)
+            network, plan = build_parallel_model(
+                config.model, dims, device, training=True, recompute=recompute, checkpoint=checkpoint
+            )
+            logger.info("built sharded on the meta device, weights from %s", checkpoint)
+        elif network is None:
+            # a resumed run reads its weights from the resume checkpoint, not from load_checkpoint
+            network = self.build_network(config, checkpoint=None) if resume_path is None else self._bare(config)
+        network.to(device)
+        if dims is not None:  # TP -> recompute -> FSDP2 (and the pipeline stage) from parallel_config
+            if plan is None:
+                from torchformers.parallel import parallelize_model
+
+                plan = parallelize_model(network, dims, device, recompute=recompute)
             world = dims.dp  # the global batch counts data-parallel ranks only
         elif recompute:
             logger.info("activation checkpointing on %d layers", apply_activation_checkpointing(network))
