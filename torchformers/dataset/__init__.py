@@ -3,7 +3,6 @@
 Preprocessing lives in `torchformers.tools.dataset_preprocess` (as in MindFormers).
 """
 
-from torchformers.dataset.build_dataset import build_dataset, build_dataset_loader
 from torchformers.dataset.causal_language_model_dataset import CausalLanguageModelDataset, eod_position_ids
 from torchformers.dataset.dataloader import (
     ResumableBatchSampler,
@@ -12,6 +11,7 @@ from torchformers.dataset.dataloader import (
     dp_rank_and_size,
 )
 from torchformers.dataset.parquet_dataset import DatasetFormatError, ParquetDataset, resolve_dataset_files
+from torchformers.tools.register.build import build_dataset, build_dataset_loader
 
 __all__ = [
     "CausalLanguageModelDataset",

@@ -97,7 +97,7 @@ class CausalLanguageModelDataset:
         unknown = sorted(set(kwargs) - _MINDSPORE_ONLY)
         if unknown:
             logger.warning(f"CausalLanguageModelDataset: ignoring unknown dataset config keys {unknown}")
-        from torchformers.dataset.build_dataset import build_dataset_loader
+        from torchformers.tools.register.build import build_dataset_loader
 
         loader_cfg = _plain(data_loader)
         if input_columns:
