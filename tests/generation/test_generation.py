@@ -185,7 +185,10 @@ def test_prepare_for_cpu_inference_keeps_tokens():
         before = model(ids)
     tokens = model.generate([[5, 6, 7], [9, 10]], max_new_tokens=24, do_sample=False, eos_token_id=[])
     prepare_for_cpu_inference(model)
-    assert isinstance(model.lm_head, PackedLinear) and isinstance(model.model.layers[0].attention.wq, PackedLinear)
+    assert isinstance(model.lm_head, PackedLinear) and isinstance(model.model.layers[0].attention.wqkv, PackedLinear)
+    assert isinstance(model.model.layers[0].feed_forward.w13, PackedLinear) and not hasattr(
+        model.model.layers[0].attention, "wq"
+    )
     with torch.no_grad():
         assert (model(ids) - before).abs().max().item() <= 1e-4
     packed = model.generate([[5, 6, 7], [9, 10]], max_new_tokens=24, do_sample=False, eos_token_id=[])

@@ -66,8 +66,8 @@ class _StageModule(nn.Module):
         base, c = self.model.model, self.model.config
         h = base.tok_embeddings(x) if self.first else x  # (B, T, hidden)
         positions = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
-        cos, sin = base.freqs_mgr(positions)
         mixed = c.param_init_type != c.compute_dtype or c.embedding_init_type != c.compute_dtype
+        cos, sin = base.freqs_mgr(positions, c.compute_dtype if mixed else c.param_init_type)
         with torch.autocast(h.device.type, dtype=c.compute_dtype) if mixed else nullcontext():
             for layer in base.layers.values():
                 h = layer(h, cos, sin, None, None)

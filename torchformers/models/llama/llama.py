@@ -143,37 +143,48 @@ def linear_cross_entropy(
     return _LinearCrossEntropy.apply(x, weight, targets, weights, chunk_rows)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE, `x * cos + rotate_half(x) * sin` with `rotate_half(x) = cat(-x2, x1)`.
+
+    `sin` comes from `FreqsMgr` with its first half negated, so `rotate_half(x) * sin` is
+    `roll(x, hd/2) * sin`: one op instead of chunk, neg and cat, and bit-identical.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class FreqsMgr(nn.Module):
-    """RoPE cos/sin tables for every position up to `max(max_position_embedding, seq_length)`."""
+    """RoPE cos/sin tables for every position up to `max(max_position_embedding, seq_length)`.
+
+    `sin` holds `cat(-sin, sin)` (the sign of `rotate_half` folded in, see `apply_rope`).
+    """
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         inv_freq, scale = rope_frequencies(config)
         length = max(config.max_position_embedding, config.seq_length)
         freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (L, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (L, hd): rotate-half layout
-        self.register_buffer("cos", (emb.cos() * scale).to(config.rotary_dtype), persistent=False)
-        self.register_buffer("sin", (emb.sin() * scale).to(config.rotary_dtype), persistent=False)
+        cos, sin = freqs.cos() * scale, freqs.sin() * scale
+        self.register_buffer("cos", torch.cat((cos, cos), -1).to(config.rotary_dtype), persistent=False)
+        self.register_buffer("sin", torch.cat((-sin, sin), -1).to(config.rotary_dtype), persistent=False)
 
-    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # position_ids (B, T) -> cos, sin (B, 1, T, hd) to broadcast over heads
-        return self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)
+    def forward(
+        self, position_ids: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # position_ids (B, T) -> cos, sin (B, 1, T, hd) to broadcast over heads, in the attention's dtype
+        cos, sin = self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)
+        return (cos, sin) if dtype is None else (cos.to(dtype), sin.to(dtype))
 
 
 class LlamaRMSNorm(nn.Module):
+    """`weight * (x * rsqrt(mean(x²) + eps))`, the normalisation computed in `compute_type` (fp32)."""
+
     def __init__(self, dim: int, eps: float, compute_type: torch.dtype, param_init_type: torch.dtype) -> None:
         super().__init__()
         self.eps, self.compute_type = eps, compute_type
         self.weight = nn.Parameter(torch.ones(dim, dtype=param_init_type))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.to(self.compute_type)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = F.rms_norm(x.to(self.compute_type), self.weight.shape, eps=self.eps)
         return self.weight * h.to(x.dtype)
 
 
@@ -195,7 +206,16 @@ class LLamaAttention(nn.Module):
         self.wk = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias, dtype=dtype)
         self.wv = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias, dtype=dtype)
         self.wo = nn.Linear(self.n_heads * self.head_dim, hidden, bias=config.attn_proj_has_bias, dtype=dtype)
+        self.wqkv: nn.Module | None = None  # wq, wk and wv as one projection, set by `fuse_projections`
         self.kv_cache: StaticKVCache | None = None
+
+    fused_projections = {"wqkv": ("wq", "wk", "wv")}
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.wqkv is None:
+            return self.wq(x), self.wk(x), self.wv(x)
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        return self.wqkv(x).split((q_size, kv_size, kv_size), dim=-1)
 
     def forward(
         self,
@@ -206,11 +226,11 @@ class LLamaAttention(nn.Module):
         cache_position: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, hd)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos.to(q.dtype) + rotate_half(q) * sin.to(q.dtype)
-        k = k * cos.to(k.dtype) + rotate_half(k) * sin.to(k.dtype)
+        q, k, v = self.project_qkv(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, hd)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_position is not None:  # generation: keys/values of all cached slots, (B, n_kv, L, hd)
             k, v = self.kv_cache.update(cache_position, k, v)
         out = F.scaled_dot_product_attention(
@@ -226,9 +246,16 @@ class LlamaFeedForward(nn.Module):
         self.w1 = nn.Linear(hidden, ffn, bias=False, dtype=dtype)  # gate
         self.w2 = nn.Linear(ffn, hidden, bias=False, dtype=dtype)  # down
         self.w3 = nn.Linear(hidden, ffn, bias=False, dtype=dtype)  # up
+        self.w13: nn.Module | None = None  # w1 and w3 as one projection, set by `fuse_projections`
+
+    fused_projections = {"w13": ("w1", "w3")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.w13 is None:
+            gate, up = self.w1(x), self.w3(x)
+        else:
+            gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class LLamaDecodeLayer(nn.Module):
@@ -268,9 +295,9 @@ class LlamaModel(nn.Module):
         h = self.tok_embeddings(input_ids) if input_embeds is None else input_embeds  # (B, T, hidden)
         if position_ids is None:
             position_ids = torch.arange(h.shape[1], device=h.device).unsqueeze(0)  # (1, T)
-        cos, sin = self.freqs_mgr(position_ids)
         # weights stored in another dtype than compute_dtype (MindFormers' mixed precision): autocast
         mixed = c.param_init_type != c.compute_dtype or c.embedding_init_type != c.compute_dtype
+        cos, sin = self.freqs_mgr(position_ids, c.compute_dtype if mixed else c.param_init_type)
         with torch.autocast(h.device.type, dtype=c.compute_dtype) if mixed else nullcontext():
             for layer in self.layers:
                 h = layer(h, cos, sin, mask, cache_position)
