@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -342,14 +343,18 @@ def test_register_path_resolves_like_run_mindformer(llama3_model_file, tmp_path,
 
 
 @pytest.mark.parametrize("pack", [False, True])
-def test_worker_pool_matches_inline_on_json_lines(conversation_file, llama2_factory, tmp_path, pack):
-    """The pool (workers parse JSON lines, mask, truncate; the main process pads and writes) gives the
-    inline run's rows, counts and partition layout."""
+@pytest.mark.parametrize("layout", ["json_lines", "json_list"])
+def test_workers_match_inline(conversation_file, llama2_factory, tmp_path, pack, layout):
+    """Workers (each reads the input and claims chunks; the main process pads and writes in input
+    order) give the inline run's rows, counts and partition layout."""
     records = json.loads(conversation_file.read_text(encoding="utf-8"))
-    lines = [json.dumps(r) for r in records]
-    lines.insert(37, json.dumps({"id": "bad"}))  # skipped and counted
+    records.insert(37, {"id": "bad"})  # skipped and counted
     src = tmp_path / "conv.jsonl"
-    src.write_text("\n".join(lines[:50]) + "\n\n" + "\n".join(lines[50:]) + "\n", encoding="utf-8")
+    if layout == "json_lines":
+        lines = [json.dumps(r) for r in records]
+        src.write_text("\n".join(lines[:50]) + "\n\n" + "\n".join(lines[50:]) + "\n", encoding="utf-8")
+    else:
+        src.write_text(json.dumps(records, indent=1), encoding="utf-8")
     kwargs = dict(seq_length=200, progress=False, pack=pack, on_error="skip", file_partition=2, chunk_records=7)
     inline = preprocess("qa", str(src), tmp_path / "a.parquet", llama2_factory, num_workers=1, **kwargs)
     pooled = preprocess("qa", str(src), tmp_path / "b.parquet", llama2_factory, num_workers=2, **kwargs)
@@ -378,3 +383,43 @@ def test_malformed_json_line_in_a_worker_names_file_and_line(conversation_file, 
             chunk_records=4,
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.jsonl"]
+
+
+def test_malformed_json_list_with_workers_names_file_and_line(conversation_file, llama2_factory, tmp_path):
+    text = json.dumps(json.loads(conversation_file.read_text(encoding="utf-8"))[:40], indent=1)
+    lines = text.split("\n")
+    cut = next(i for i, line in enumerate(lines) if i > len(lines) // 2 and line.strip().startswith('"value"'))
+    lines[cut] = lines[cut].replace('": "', '" "', 1)  # a missing colon
+    src = tmp_path / "broken.json"
+    src.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(PreprocessError, match=rf"broken\.json:{cut + 1}: malformed JSON"):
+        preprocess("qa", str(src), tmp_path / "o.parquet", llama2_factory, seq_length=64, num_workers=2,
+                   progress=False, chunk_records=3)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.json"]
+
+
+class _FailingTokenizer:
+    """The Llama 2 tokenizer, except that it raises on one text (a bug in user code, not bad input)."""
+
+    def __init__(self, model_file):
+        self.inner = llama_preprocess.SentencePieceTokenizer(model_file)
+        self.bos_token_id, self.eos_token_id = self.inner.bos_token_id, self.inner.eos_token_id
+        self.pad_token_id = self.inner.pad_token_id
+
+    def encode(self, text, add_special_tokens=False):
+        if "Dublin" in text:
+            raise ValueError("tokenizer bug on Dublin")
+        return self.inner.encode(text, add_special_tokens)
+
+
+def test_a_failing_worker_stops_the_run_with_its_traceback(llama2_model_file, tmp_path):
+    records = [{"conversations": [{"from": "human", "value": f"Question {i}"}, {"from": "gpt", "value": "Answer"}]}
+               for i in range(30)]  # fmt: skip
+    records[17]["conversations"][1]["value"] = "Dublin"
+    src = tmp_path / "conv.json"
+    src.write_text(json.dumps(records), encoding="utf-8")
+    factory = functools.partial(_FailingTokenizer, llama2_model_file)
+    with pytest.raises(RuntimeError, match=r"(?s)a preprocessing worker failed.*ValueError: tokenizer bug on Dublin"):
+        preprocess("qa", str(src), tmp_path / "o.parquet", factory, seq_length=64, num_workers=2, progress=False,
+                   chunk_records=2)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.json"]

@@ -22,12 +22,13 @@ tokens lost to the tail remainder).
   end-of-turn token that closes them) and are -100 elsewhere. `--pack` puts several conversations in
   one sample, with `position_ids` restarting and `segment_ids` (1, 2, ...; 0 = padding) per conversation.
 
-Work is spread over `--num_workers` processes (default: all cores), each loading the tokenizer once.
-The workers do all the per-record work (parsing JSON lines, checking, encoding, label masking,
-`--on_long`) and send back each chunk's tokens as compact int32 arrays; the main process only reads
-the input in chunks with bounded look-ahead (a JSON list is parsed there to find its records), copies
-rows into pre-padded row-group blocks and writes them (zstd level 1, no dictionary, no statistics).
-Output is written under a temporary name and moved into place only when complete.
+Work is spread over `--num_workers` forked processes (default: all cores). The input is cut into
+chunks (`chunk_records` records, or runs of whole paragraphs); each worker reads the input itself and
+takes every N-th chunk, doing all its work (parsing, checking, encoding, label masking, `--on_long`),
+and sends back the chunk's tokens as compact arrays through its own bounded queue. The main process
+only collects the results in input order, copies rows into pre-padded row-group blocks and writes them
+(zstd level 1, no dictionary, no statistics). Output is written under a temporary name and moved into
+place only when complete.
 
     python -m torchformers.tools.dataset_preprocess.llama.llama_preprocess --dataset_type qa \
         --input_glob alpaca-data-conversation.json --model_file tokenizer.model \
@@ -42,6 +43,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import gc
 import glob
 import itertools
 import json
@@ -598,11 +600,6 @@ def tokenize_wiki_text(tokenizer, text: str) -> tuple[list[int], dict[str, int]]
 _worker_tokenizer = None
 
 
-def _init_worker(tokenizer_factory: Callable[[], Any]) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer_factory()
-
-
 def _qa_task(
     chunk: tuple[str, bool, list[tuple[int, Any]]], chat_format: str, on_error: str, length: int, on_long: str
 ):
@@ -610,9 +607,10 @@ def _qa_task(
     mask the labels of a mismatched conversation, apply `on_long`.
 
     `chunk` is `(file, raw, [(line, record or line text when raw)])`. Returns `(ids, labels, lengths,
-    counts, warnings)`: the kept conversations' tokens end to end as int32 arrays and their lengths
-    (compact to send back: padding is added where the rows are written), the counts, and the
-    `(kind, message)` warnings in input order.
+    counts, warnings)`: the kept conversations' tokens end to end as an int32 array and their lengths
+    (compact to send back: padding is added where the rows are written), the labels as a boolean
+    mask of the labelled positions (labels are `ids` there and -100 elsewhere; int32 labels if not),
+    the counts, and the `(kind, message)` warnings in input order.
     """
     source, raw, items = chunk
     ids_out: list[int] = []
@@ -655,37 +653,126 @@ def _qa_task(
         ids_out += ids
         labels_out += labels
         lengths.append(len(ids))
-    as_array = functools.partial(np.array, dtype=np.int32)
-    return as_array(ids_out), as_array(labels_out), as_array(lengths), dict(counts), warnings
+    ids_arr, labels_arr = np.array(ids_out, dtype=np.int32), np.array(labels_out, dtype=np.int32)
+    labelled = labels_arr != IGNORE_TOKEN_ID
+    if np.array_equal(labels_arr[labelled], ids_arr[labelled]):
+        labels_arr = labelled  # a byte per token instead of four: results pass through one shared pipe
+    return ids_arr, labels_arr, np.array(lengths, dtype=np.int32), dict(counts), warnings
 
 
 def _wiki_task(text: str):
     ids, counts = tokenize_wiki_text(_worker_tokenizer, text)
-    return np.asarray(ids, dtype=np.int32), counts
+    return np.asarray(ids, dtype=np.int32), counts, len(text)
 
 
-def _ordered_map(pool, fn, items: Iterable, max_in_flight: int) -> Iterator:
-    """`pool.imap` with back-pressure: at most `max_in_flight` chunks read ahead (bounded memory)."""
-    pending: collections.deque = collections.deque()
-    for item in items:
-        pending.append(pool.apply_async(fn, (item,)))
-        if len(pending) >= max_in_flight:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+_IN_FLIGHT_PER_WORKER = 4  # chunks a worker may hold before the writer has taken them (bounds memory)
 
 
-def _map_chunks(fn, items: Iterable, tokenizer_factory, tokenizer=None, *, num_workers: int) -> Iterator:
-    """`fn` over `items` in order: inline with `tokenizer` for one worker, else in a process pool."""
+def _map_chunks(fn, make_items: Callable[[], Iterable], tokenizer_factory, tokenizer=None, *, num_workers: int):
+    """`fn(item)` for every item of `make_items()`, yielded in input order.
+
+    With one worker, inline. With N, N forked processes each build the item sequence themselves
+    (reading the input, and parsing it for a JSON list: cheap next to tokenizing), claim the next
+    unclaimed item from a shared counter, and send its result through one queue; this process puts
+    the results back in order. Only results cross between processes and this process does little
+    but write, so the workers keep every core busy, and a worker slowed down by the writer simply
+    claims fewer chunks. A semaphore bounds the chunks claimed but not yet written. Workers inherit
+    the tokenizer loaded here.
+    """
     global _worker_tokenizer
+    _worker_tokenizer = tokenizer if tokenizer is not None else tokenizer_factory()
+    if num_workers > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        logger.warning("parallel preprocessing needs the 'fork' start method; using one process")
+        num_workers = 1
     if num_workers <= 1:
-        _worker_tokenizer = tokenizer if tokenizer is not None else tokenizer_factory()
-        yield from map(fn, items)
+        yield from map(fn, make_items())
         return
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer_factory,)) as pool:
-        yield from _ordered_map(pool, fn, items, max_in_flight=2 * num_workers)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    claimed = ctx.Value("q", 0)
+    window = ctx.BoundedSemaphore(_IN_FLIGHT_PER_WORKER * num_workers)
+    # objects alive now (the tokenizer, imported modules) go to the collector's permanent generation, so
+    # collections in the workers neither walk them nor touch (so copy) the pages they share with this process
+    gc.freeze()
+    workers = [
+        ctx.Process(target=_worker_loop, args=(fn, make_items, claimed, window, results), daemon=True)
+        for _ in range(num_workers)
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        pending: dict[int, tuple[str, Any]] = {}
+        total = None  # the number of items, once a worker has run out of them
+        j = 0
+        while total is None or j < total:
+            if j in pending:
+                kind, value = pending.pop(j)
+                if kind == "error":
+                    _raise_worker_error(value)
+                yield value
+                window.release()
+                j += 1
+                continue
+            kind, index, value = _receive(results, workers, pending)
+            if kind == "done":
+                total = index if total is None else min(total, index)
+            else:
+                pending[index] = (kind, value)
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+            worker.join()
+        results.close()
+        gc.unfreeze()
+
+
+def _worker_loop(fn, make_items: Callable[[], Iterable], claimed, window, out) -> None:
+    def claim() -> int:
+        window.acquire()
+        with claimed.get_lock():
+            claimed.value += 1
+            return claimed.value - 1
+
+    mine = claim()
+    try:
+        count = 0
+        for count, item in enumerate(make_items(), 1):
+            if count - 1 == mine:
+                out.put(("ok", mine, fn(item)))
+                mine = claim()
+        out.put(("done", count, None))
+    except PreprocessError as err:
+        out.put(("error", mine, (True, str(err))))
+    except BaseException:  # sent as text: the exception itself may not pickle
+        import traceback
+
+        out.put(("error", mine, (False, traceback.format_exc())))
+    finally:
+        out.close()
+        out.join_thread()
+
+
+def _receive(results, workers, pending) -> tuple[str, int, Any]:
+    import queue
+
+    while True:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            if not any(w.is_alive() for w in workers):
+                errors = sorted(i for i, (kind, _) in pending.items() if kind == "error")
+                if errors:
+                    _raise_worker_error(pending[errors[0]][1])
+                codes = ", ".join(str(w.exitcode) for w in workers)
+                raise PreprocessError(f"the preprocessing workers exited unexpectedly (exit codes {codes})") from None
+
+
+def _raise_worker_error(value) -> None:
+    is_preprocess_error, message = value
+    if is_preprocess_error:
+        raise PreprocessError(message)
+    raise RuntimeError(f"a preprocessing worker failed:\n{message}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -861,7 +948,7 @@ def preprocess(
     on_long: str = "truncate",
     on_error: str = "raise",
     overwrite: bool = False,
-    chunk_records: int = 256,
+    chunk_records: int = 64,
     rows_per_group: int | None = None,
     progress: bool = True,
 ) -> dict:
@@ -971,12 +1058,11 @@ def _run_wiki(inputs, tokenizer, num_workers, repeat, length, sink, bar) -> dict
     def texts():
         for _ in range(repeat):
             for path in inputs:
-                for text in iter_wiki_chunks(path):
-                    if bar is not None:
-                        bar.update(len(text))  # characters read: close to bytes for mostly-ASCII text
-                    yield text
+                yield from iter_wiki_chunks(path)
 
-    for ids, chunk_counts in _map_chunks(_wiki_task, texts(), *tokenizer, num_workers=num_workers):
+    for ids, chunk_counts, n_chars in _map_chunks(_wiki_task, texts, *tokenizer, num_workers=num_workers):
+        if bar is not None:
+            bar.update(n_chars)  # characters read: close to bytes for mostly-ASCII text
         counts.update(chunk_counts)
         counts["tokens"] += len(ids)
         stream = np.concatenate([carry, ids])
@@ -1024,9 +1110,9 @@ def _run_qa(
 
     task = functools.partial(_qa_task, chat_format=chat_format, on_error=on_error, length=length, on_long=on_long)
     packer = _Packer(length, sink) if pack else None
-    for ids, labels, lengths, chunk_counts, warnings in _map_chunks(
-        task, chunks(), *tokenizer, num_workers=num_workers
-    ):
+    for ids, labels, lengths, chunk_counts, warnings in _map_chunks(task, chunks, *tokenizer, num_workers=num_workers):
+        if labels.dtype == bool:
+            labels = np.where(labels, ids, np.int32(IGNORE_TOKEN_ID))
         counts.update(chunk_counts)
         for kind, message in warnings:
             warn(kind, message)
