@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchformers.generation.kv_cache import StaticKVCache
+from torchformers.models.attention import causal_attention
 from torchformers.models.llama.convert_weight import LLAMA_HF_KEY_MAP
 from torchformers.models.llama.llama_config import LlamaConfig
 from torchformers.models.modeling_utils import PretrainedModel
@@ -233,9 +234,10 @@ class LLamaAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_position is not None:  # generation: keys/values of all cached slots, (B, n_kv, L, hd)
             k, v = self.kv_cache.update(cache_position, k, v)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv_heads != self.n_heads
-        )  # (B, n_heads, T, hd)
+        if mask is None:  # plain causal: a blocked kernel on CPU, flash attention on GPU (see models/attention.py)
+            out = causal_attention(q, k, v)  # (B, n_heads, T, hd)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
