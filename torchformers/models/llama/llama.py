@@ -185,6 +185,8 @@ class LlamaRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=param_init_type))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.compute_type == self.weight.dtype:  # one fused op; the same values
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = F.rms_norm(x.to(self.compute_type), self.weight.shape, eps=self.eps)
         return self.weight * h.to(x.dtype)
 
