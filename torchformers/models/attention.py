@@ -60,7 +60,8 @@ class _BlockedCausalAttention(torch.autograd.Function):
         scaled = q * (1.0 / math.sqrt(D))
         out = q.new_empty(B, H, T, D)
         probs = []
-        for s, e in _blocks(T):
+        ctx.blocks = _blocks(T)
+        for s, e in ctx.blocks:
             rows = scaled[:, :, s:e].reshape(B, KV, G * (e - s), D)
             scores = torch.matmul(rows, k[:, :, :e].transpose(-1, -2)).view(B, KV, G, e - s, e)
             future = torch.ones(e - s, e, dtype=torch.bool, device=q.device).triu_(s + 1)
@@ -81,7 +82,7 @@ class _BlockedCausalAttention(torch.autograd.Function):
         grad_q = torch.empty_like(q)
         grad_k = torch.zeros(k.shape, dtype=torch.float32, device=k.device)  # blocks add into shared keys
         grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        for (s, e), p in zip(_blocks(T), probs):
+        for (s, e), p in zip(ctx.blocks, probs):
             n = G * (e - s)
             g = grad_out[:, :, s:e].reshape(B, KV, n, D)
             grad_v[:, :, :e] += torch.matmul(p.transpose(-1, -2), g)

@@ -209,7 +209,7 @@ class LLamaAttention(nn.Module):
         self.wk = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias, dtype=dtype)
         self.wv = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias, dtype=dtype)
         self.wo = nn.Linear(self.n_heads * self.head_dim, hidden, bias=config.attn_proj_has_bias, dtype=dtype)
-        self.wqkv: nn.Module | None = None  # wq, wk and wv as one projection, set by `fuse_projections`
+        self.wqkv: nn.Module | None = None  # wq, wk and wv as one, set by prepare_for_cpu_inference
         self.kv_cache: StaticKVCache | None = None
 
     fused_projections = {"wqkv": ("wq", "wk", "wv")}
@@ -250,7 +250,7 @@ class LlamaFeedForward(nn.Module):
         self.w1 = nn.Linear(hidden, ffn, bias=False, dtype=dtype)  # gate
         self.w2 = nn.Linear(ffn, hidden, bias=False, dtype=dtype)  # down
         self.w3 = nn.Linear(hidden, ffn, bias=False, dtype=dtype)  # up
-        self.w13: nn.Module | None = None  # w1 and w3 as one projection, set by `fuse_projections`
+        self.w13: nn.Module | None = None  # w1 and w3 as one, set by prepare_for_cpu_inference
 
     fused_projections = {"w13": ("w1", "w3")}
 

@@ -23,12 +23,12 @@ tokens lost to the tail remainder).
   one sample, with `position_ids` restarting and `segment_ids` (1, 2, ...; 0 = padding) per conversation.
 
 Work is spread over `--num_workers` forked processes (default: all cores). The input is cut into
-chunks (`chunk_records` records, or runs of whole paragraphs); each worker reads the input itself and
-takes every N-th chunk, doing all its work (parsing, checking, encoding, label masking, `--on_long`),
-and sends back the chunk's tokens as compact arrays through its own bounded queue. The main process
-only collects the results in input order, copies rows into pre-padded row-group blocks and writes them
-(zstd level 1, no dictionary, no statistics). Output is written under a temporary name and moved into
-place only when complete.
+chunks (`chunk_records` records, or runs of whole paragraphs); each worker reads the input itself,
+claims the next unclaimed chunk from a shared counter and does all its work (parsing, checking,
+encoding, label masking, `--on_long`), sending back only the chunk's tokens as compact arrays. The
+main process puts the results back in input order, copies rows into pre-padded row-group blocks and
+writes them (zstd level 1, no dictionary, no statistics). Output is written under a temporary name
+and moved into place only when complete.
 
     python -m torchformers.tools.dataset_preprocess.llama.llama_preprocess --dataset_type qa \
         --input_glob alpaca-data-conversation.json --model_file tokenizer.model \
@@ -50,9 +50,11 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
 import re
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -745,8 +747,6 @@ def _worker_loop(fn, make_items: Callable[[], Iterable], claimed, window, out) -
     except PreprocessError as err:
         out.put(("error", mine, (True, str(err))))
     except BaseException:  # sent as text: the exception itself may not pickle
-        import traceback
-
         out.put(("error", mine, (False, traceback.format_exc())))
     finally:
         out.close()
@@ -754,8 +754,6 @@ def _worker_loop(fn, make_items: Callable[[], Iterable], claimed, window, out) -
 
 
 def _receive(results, workers, pending) -> tuple[str, int, Any]:
-    import queue
-
     while True:
         try:
             return results.get(timeout=1.0)
@@ -954,7 +952,7 @@ def preprocess(
 ) -> dict:
     """Tokenize the inputs into Parquet; returns the metadata written next to the output.
 
-    `tokenizer_factory` is a picklable callable returning the tokenizer (called once per worker).
+    `tokenizer_factory` is a callable returning the tokenizer, called once here (forked workers inherit it).
     """
     if dataset_type not in ("wiki", "qa"):
         raise PreprocessError(f"--dataset_type {dataset_type!r}: expected 'wiki' or 'qa'")
