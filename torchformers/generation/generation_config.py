@@ -44,6 +44,13 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+def token_id_list(value) -> list[int]:
+    """An `eos_token_id`-style setting (None, one id, or a list of ids) as a list of ids."""
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
 class GenerationConfig:
     """Generation settings; unknown keyword arguments are kept as attributes (as MindFormers does)."""
 
@@ -80,10 +87,7 @@ class GenerationConfig:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        eos = self.eos_token_id
-        if eos is None:
-            return []
-        return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+        return token_id_list(self.eos_token_id)
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.__dict__)

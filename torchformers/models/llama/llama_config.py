@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from torchformers.generation.generation_config import token_id_list
 from torchformers.models.configuration_utils import ConfigError, PretrainedConfig, convert_dtype
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 
@@ -254,10 +255,7 @@ class LlamaConfig(PretrainedConfig):
 
     @property
     def eos_token_ids(self) -> list[int]:
-        eos = self.eos_token_id
-        if eos is None:
-            return []
-        return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+        return token_id_list(self.eos_token_id)
 
     # ------------------------------------------------------------------ checks and translation
     def _validate(self) -> None:
