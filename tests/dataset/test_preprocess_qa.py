@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -345,8 +346,8 @@ def test_register_path_resolves_like_run_mindformer(llama3_model_file, tmp_path,
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("layout", ["json_lines", "json_list"])
 def test_workers_match_inline(conversation_file, llama2_factory, tmp_path, pack, layout):
-    """Workers (each reads the input and claims chunks; the main process pads and writes in input
-    order) give the inline run's rows, counts and partition layout."""
+    """Two processes (each reads the input and claims chunks; the main one also pads and writes in
+    input order) give the inline run's rows, counts and partition layout."""
     records = json.loads(conversation_file.read_text(encoding="utf-8"))
     records.insert(37, {"id": "bad"})  # skipped and counted
     src = tmp_path / "conv.jsonl"
@@ -355,14 +356,20 @@ def test_workers_match_inline(conversation_file, llama2_factory, tmp_path, pack,
         src.write_text("\n".join(lines[:50]) + "\n\n" + "\n".join(lines[50:]) + "\n", encoding="utf-8")
     else:
         src.write_text(json.dumps(records, indent=1), encoding="utf-8")
-    kwargs = dict(seq_length=200, progress=False, pack=pack, on_error="skip", file_partition=2, chunk_records=7)
+    # seq_length 120: some prompts fill the whole sample, leaving a conversation without a label token
+    kwargs = dict(seq_length=120, progress=False, pack=pack, on_error="skip", file_partition=2, chunk_records=7)
     inline = preprocess("qa", str(src), tmp_path / "a.parquet", llama2_factory, num_workers=1, **kwargs)
     pooled = preprocess("qa", str(src), tmp_path / "b.parquet", llama2_factory, num_workers=2, **kwargs)
     assert inline["counts"] == pooled["counts"]
-    assert inline["counts"]["records_skipped_bad"] == 1 and inline["counts"]["truncated"] > 0
+    counts = inline["counts"]
+    assert counts["records_skipped_bad"] == 1 and counts["truncated"] > 0 and counts["no_label_tokens"] > 0
+    unlabelled_rows = 0
     for k in range(2):
         a, b = read_rows(tmp_path / f"a.parquet{k}"), read_rows(tmp_path / f"b.parquet{k}")
         assert a.keys() == b.keys() and all((a[c] == b[c]).all() for c in a)
+        unlabelled_rows += int((a["labels"] == IGNORE_TOKEN_ID).all(axis=1).sum())
+    if not pack:  # one conversation per row
+        assert counts["no_label_tokens"] == unlabelled_rows
 
 
 def test_malformed_json_line_in_a_worker_names_file_and_line(conversation_file, llama2_factory, tmp_path):
@@ -412,14 +419,21 @@ class _FailingTokenizer:
         return self.inner.encode(text, add_special_tokens)
 
 
-def test_a_failing_worker_stops_the_run_with_its_traceback(llama2_model_file, tmp_path):
+@pytest.mark.parametrize("bad_record", [3, 17, 28])
+def test_a_failing_worker_stops_the_run_with_its_traceback(llama2_model_file, tmp_path, bad_record):
+    """An unexpected exception stops the run, raised as it is when this process hit it, or as a
+    RuntimeError carrying the forked worker's traceback; which process takes a chunk varies."""
     records = [{"conversations": [{"from": "human", "value": f"Question {i}"}, {"from": "gpt", "value": "Answer"}]}
                for i in range(30)]  # fmt: skip
-    records[17]["conversations"][1]["value"] = "Dublin"
+    records[bad_record]["conversations"][1]["value"] = "Dublin"
     src = tmp_path / "conv.json"
     src.write_text(json.dumps(records), encoding="utf-8")
     factory = functools.partial(_FailingTokenizer, llama2_model_file)
-    with pytest.raises(RuntimeError, match=r"(?s)a preprocessing worker failed.*ValueError: tokenizer bug on Dublin"):
+    with pytest.raises((RuntimeError, ValueError)) as raised:
         preprocess("qa", str(src), tmp_path / "o.parquet", factory, seq_length=64, num_workers=2, progress=False,
                    chunk_records=2)  # fmt: skip
+    if isinstance(raised.value, RuntimeError):
+        assert re.search(r"(?s)a preprocessing worker failed.*ValueError: tokenizer bug on Dublin", str(raised.value))
+    else:
+        assert str(raised.value) == "tokenizer bug on Dublin"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.json"]

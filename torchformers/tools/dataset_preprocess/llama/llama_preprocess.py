@@ -22,13 +22,14 @@ tokens lost to the tail remainder).
   end-of-turn token that closes them) and are -100 elsewhere. `--pack` puts several conversations in
   one sample, with `position_ids` restarting and `segment_ids` (1, 2, ...; 0 = padding) per conversation.
 
-Work is spread over `--num_workers` forked processes (default: all cores). The input is cut into
-chunks (`chunk_records` records, or runs of whole paragraphs); each worker reads the input itself,
-claims the next unclaimed chunk from a shared counter and does all its work (parsing, checking,
-encoding, label masking, `--on_long`), sending back only the chunk's tokens as compact arrays. The
-main process puts the results back in input order, copies rows into pre-padded row-group blocks and
-writes them (zstd level 1, no dictionary, no statistics). Output is written under a temporary name
-and moved into place only when complete.
+Work is spread over `--num_workers` processes (default: all cores): the main process and N - 1
+forked ones. The input is cut into chunks (`chunk_records` records, or runs of whole paragraphs);
+each process reads the input itself, claims the next unclaimed chunk from a shared counter and does
+all its work (parsing, checking, encoding, label masking, `--on_long`); the forked ones send back
+only the chunk's tokens as compact arrays. The main process also puts the results back in input
+order, copies rows into pre-padded row-group blocks and writes them (zstd level 1, no dictionary, no
+statistics), claiming fewer chunks for it. Output is written under a temporary name and moved into
+place only when complete.
 
     python -m torchformers.tools.dataset_preprocess.llama.llama_preprocess --dataset_type qa \
         --input_glob alpaca-data-conversation.json --model_file tokenizer.model \
@@ -41,6 +42,7 @@ and moved into place only when complete.
 from __future__ import annotations
 
 import argparse
+import array
 import collections
 import functools
 import gc
@@ -615,32 +617,30 @@ def _qa_task(
     the counts, and the `(kind, message)` warnings in input order.
     """
     source, raw, items = chunk
-    ids_out: list[int] = []
-    labels_out: list[int] = []
+    ids_out, labels_out = array.array("i"), array.array("i")  # C ints, converted once from each list
     lengths: list[int] = []
     warnings: list[tuple[str, str]] = []
     counts = collections.Counter()
+    tokenizer = _worker_tokenizer
     for line, item in items:
-        where = f"{source}:{line}"
         record = _parse_json_line(source, line, item) if raw else item  # malformed JSON always stops the run
         try:
-            messages = _conversation_messages(record, where)
-            ids, labels, mismatch = encode_conversation(_worker_tokenizer, messages, chat_format)
+            messages = _conversation_messages(record, f"{source}:{line}")
+            ids, labels, mismatch = encode_conversation(tokenizer, messages, chat_format)
         except PreprocessError as err:
             if on_error == "raise":
                 raise
             counts["records_skipped_bad"] += 1
             warnings.append(("bad", str(err)))
             continue
-        counts["records"] += 1
         if mismatch:
             counts["label_mismatch_masked"] += 1
             warnings.append(
-                ("mismatch", f"{where}: tokenization mismatch between rounds and the whole; labels all -100")
+                ("mismatch", f"{source}:{line}: tokenization mismatch between rounds and the whole; labels all -100")
             )
             labels = [IGNORE_TOKEN_ID] * len(labels)
         if len(ids) > length:
-            message = f"{where}: the conversation has {len(ids)} tokens, more than seq_length + 1 = {length}"
+            message = f"{source}:{line}: the conversation has {len(ids)} tokens, more than seq_length + 1 = {length}"
             if on_long == "error":
                 raise PreprocessError(message + " (--on_long error)")
             if on_long == "drop":
@@ -650,16 +650,18 @@ def _qa_task(
             counts["truncated"] += 1
             warnings.append(("long", message + "; truncated"))
             ids, labels = ids[:length], labels[:length]
-        if labels.count(IGNORE_TOKEN_ID) == len(labels):
-            counts["no_label_tokens"] += 1
-        ids_out += ids
-        labels_out += labels
+        ids_out.fromlist(ids)
+        labels_out.fromlist(labels)
         lengths.append(len(ids))
-    ids_arr, labels_arr = np.array(ids_out, dtype=np.int32), np.array(labels_out, dtype=np.int32)
+    counts["records"] = len(lengths) + counts["dropped_too_long"]
+    ids_arr, labels_arr = (np.frombuffer(a, dtype=np.intc).astype(np.int32, copy=False) for a in (ids_out, labels_out))
+    lengths_arr = np.array(lengths, dtype=np.int32)
     labelled = labels_arr != IGNORE_TOKEN_ID
+    labelled_before = np.concatenate([[0], np.cumsum(labelled)])[np.cumsum(lengths_arr)]  # per conversation end
+    counts["no_label_tokens"] = int(np.count_nonzero(np.diff(labelled_before, prepend=0) == 0))
     if np.array_equal(labels_arr[labelled], ids_arr[labelled]):
         labels_arr = labelled  # a byte per token instead of four: results pass through one shared pipe
-    return ids_arr, labels_arr, np.array(lengths, dtype=np.int32), dict(counts), warnings
+    return ids_arr, labels_arr, lengths_arr, {k: v for k, v in counts.items() if v}, warnings
 
 
 def _wiki_task(text: str):
@@ -673,13 +675,13 @@ _IN_FLIGHT_PER_WORKER = 4  # chunks a worker may hold before the writer has take
 def _map_chunks(fn, make_items: Callable[[], Iterable], tokenizer_factory, tokenizer=None, *, num_workers: int):
     """`fn(item)` for every item of `make_items()`, yielded in input order.
 
-    With one worker, inline. With N, N forked processes each build the item sequence themselves
-    (reading the input, and parsing it for a JSON list: cheap next to tokenizing), claim the next
-    unclaimed item from a shared counter, and send its result through one queue; this process puts
-    the results back in order. Only results cross between processes and this process does little
-    but write, so the workers keep every core busy, and a worker slowed down by the writer simply
-    claims fewer chunks. A semaphore bounds the chunks claimed but not yet written. Workers inherit
-    the tokenizer loaded here.
+    With one worker, inline. With N, this process and N - 1 forked ones each build the item sequence
+    themselves (reading the input, and parsing it for a JSON list: cheap next to tokenizing) and claim
+    the next unclaimed item from a shared counter; the forked ones send their results through one
+    queue, and this process puts all results back in order. Only results cross between processes, no
+    process waits on another while there is work, and the writing done here is balanced by this
+    process claiming fewer items. A semaphore bounds the items claimed but not yet written. Forked
+    workers inherit the tokenizer loaded here.
     """
     global _worker_tokenizer
     _worker_tokenizer = tokenizer if tokenizer is not None else tokenizer_factory()
@@ -698,24 +700,38 @@ def _map_chunks(fn, make_items: Callable[[], Iterable], tokenizer_factory, token
     gc.freeze()
     workers = [
         ctx.Process(target=_worker_loop, args=(fn, make_items, claimed, window, results), daemon=True)
-        for _ in range(num_workers)
+        for _ in range(num_workers - 1)
     ]
     try:
         for worker in workers:
             worker.start()
+        own = _OwnShare(fn, make_items())
         pending: dict[int, tuple[str, Any]] = {}
-        total = None  # the number of items, once a worker has run out of them
+        total = None  # the number of items, once a process has run out of them
         j = 0
         while total is None or j < total:
             if j in pending:
                 kind, value = pending.pop(j)
+                if kind == "raise":
+                    raise value
                 if kind == "error":
                     _raise_worker_error(value)
                 yield value
                 window.release()
                 j += 1
                 continue
-            kind, index, value = _receive(results, workers, pending)
+            try:
+                kind, index, value = results.get_nowait()
+            except queue.Empty:
+                if not own.finished and window.acquire(block=False):
+                    with claimed.get_lock():
+                        index = claimed.value
+                        claimed.value += 1
+                    kind, index, value = own.run(index)
+                    if kind == "done":
+                        window.release()
+                else:
+                    kind, index, value = _receive(results, workers, pending)
             if kind == "done":
                 total = index if total is None else min(total, index)
             else:
@@ -727,6 +743,32 @@ def _map_chunks(fn, make_items: Callable[[], Iterable], tokenizer_factory, token
             worker.join()
         results.close()
         gc.unfreeze()
+
+
+class _OwnShare:
+    """The items the main process claims: it walks the item sequence as each worker does and runs `fn`
+    on the items it claims, reporting as a worker does (an exception is kept, to be raised in order)."""
+
+    def __init__(self, fn, items: Iterable):
+        self.fn, self.items = fn, enumerate(items)
+        self.position = -1  # the index of the last item taken from `items`
+        self.finished = False
+
+    def run(self, index: int) -> tuple[str, int, Any]:
+        try:
+            while self.position < index:  # claims only grow: `index` is ahead
+                self.position, item = next(self.items)
+        except StopIteration:
+            self.finished = True
+            return "done", self.position + 1, None
+        except Exception as err:  # reading or parsing the input: the item after the last one read
+            self.finished = True
+            return "raise", self.position + 1, err
+        try:
+            return "ok", index, self.fn(item)
+        except Exception as err:
+            self.finished = True
+            return "raise", index, err
 
 
 def _worker_loop(fn, make_items: Callable[[], Iterable], claimed, window, out) -> None:
