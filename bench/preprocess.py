@@ -6,8 +6,9 @@ mask the labels of a mismatched record, truncate and pad to `seq_length + 1`, an
 Parquet with the same writer options, one row group at a time. Its rows are checked equal to the
 tool's output.
 
-Both run in one process, in alternating rounds (plain, tool with 1 worker, tool with N workers, N
-plain loops side by side, again ...), and the best round of each is reported, with its CPU seconds
+Both run in one process with the same tokenizer, loaded once, in alternating rounds (plain, tool with
+1 worker, tool with N workers, N plain loops side by side, again ...; `llama_preprocess` with N
+workers is N processes: this one and N - 1 forked), and the best round of each is reported, with its CPU seconds
 (this process plus its children). Peak memory (Pss of this process plus its worker processes,
 sampled every 25 ms) is taken in one more, untimed run of each.
 
@@ -158,21 +159,25 @@ def side_by_side(copies: int, path: Path, out: Path, tokenizer, seq_length: int)
     return sum(pq.ParquetFile(out.with_name(f"{out.name}.{i}")).metadata.num_rows for i in range(copies))
 
 
+def _same(tokenizer):
+    return tokenizer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_file", type=str, default=None)
     parser.add_argument("--copies", type=int, default=100, help="how many times the 100 Alpaca records repeat")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seq_length", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is reported")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the best of each is reported")
     args = parser.parse_args(argv)
     model_file = args.model_file
     if model_file is None:
         from torchformers.tools.assets import fetch
 
         model_file = str(fetch("llama2/tokenizer.model"))
-    factory = functools.partial(SentencePieceTokenizer, model_file)
-    tokenizer = factory()
+    tokenizer = SentencePieceTokenizer(model_file)
+    factory = functools.partial(_same, tokenizer)  # both sides use the tokenizer loaded here
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         conv = alpaca_converter.alpaca_to_conversations(json.loads(ALPACA.read_text(encoding="utf-8")))

@@ -300,15 +300,32 @@ def _parse_json_line(path: Path, lineno: int, line: str):
 
 
 _JSON_SPACE = re.compile(r"[ \t\r\n]*")
+_JSON_COMMA = re.compile(r"[ \t\r\n]*,[ \t\r\n]*")
 
 
 def _iter_json_array(path: Path, f, buffer: str, read_size: int) -> Iterator[tuple[int, Any]]:
-    decoder = json.JSONDecoder()
+    decode = json.JSONDecoder().raw_decode
     pos = buffer.index("[") + 1
     line = 1 + buffer.count("\n", 0, pos)
     eof = False
     expect_value = True  # after "[" or ","
     while True:
+        if not expect_value:  # the common case first: ", value" with the whole value in the buffer
+            comma = _JSON_COMMA.match(buffer, pos)
+            if comma is not None:
+                start = comma.end()
+                try:
+                    record, end = decode(buffer, start)
+                except json.JSONDecodeError:  # cut by the buffer's end, or malformed: the careful path decides
+                    end = len(buffer)
+                if end < len(buffer):  # a value ending at the buffer's end may go on (a number)
+                    line += buffer.count("\n", pos, start)
+                    yield line, record
+                    line += buffer.count("\n", start, end)
+                    pos = end
+                    if pos > read_size:  # drop what was consumed
+                        buffer, pos = buffer[pos:], 0
+                    continue
         # skip whitespace (and one comma between values)
         while True:
             end = _JSON_SPACE.match(buffer, pos).end()  # a regex: this runs twice per record
@@ -337,15 +354,16 @@ def _iter_json_array(path: Path, f, buffer: str, read_size: int) -> Iterator[tup
             raise PreprocessError(f"{path}:{line}: malformed JSON: expected ',' or ']' between list items")
         while True:
             try:
-                record, end = decoder.raw_decode(buffer, pos)
-                break
+                record, end = decode(buffer, pos)
+                if end < len(buffer) or eof:
+                    break
             except json.JSONDecodeError as err:
                 if eof:
                     err_line = line + buffer.count("\n", pos, err.pos)
                     raise PreprocessError(f"{path}:{err_line}: malformed JSON: {err.msg}") from None
-                block = f.read(max(read_size, len(buffer)))  # grow geometrically: no quadratic re-parsing
-                eof = not block
-                buffer, pos = buffer[pos:] + block, 0
+            block = f.read(max(read_size, len(buffer)))  # grow geometrically: no quadratic re-parsing
+            eof = not block
+            buffer, pos = buffer[pos:] + block, 0
         yield line, record
         line += buffer.count("\n", pos, end)
         pos = end
@@ -672,7 +690,15 @@ def _wiki_task(text: str):
 _IN_FLIGHT_PER_WORKER = 4  # chunks a worker may hold before the writer has taken them (bounds memory)
 
 
-def _map_chunks(fn, make_items: Callable[[], Iterable], tokenizer_factory, tokenizer=None, *, num_workers: int):
+def _map_chunks(
+    fn,
+    make_items: Callable[[], Iterable],
+    tokenizer_factory,
+    tokenizer=None,
+    *,
+    num_workers: int,
+    exiting: list | None = None,
+):
     """`fn(item)` for every item of `make_items()`, yielded in input order.
 
     With one worker, inline. With N, this process and N - 1 forked ones each build the item sequence
@@ -681,7 +707,9 @@ def _map_chunks(fn, make_items: Callable[[], Iterable], tokenizer_factory, token
     queue, and this process puts all results back in order. Only results cross between processes, no
     process waits on another while there is work, and the writing done here is balanced by this
     process claiming fewer items. A semaphore bounds the items claimed but not yet written. Forked
-    workers inherit the tokenizer loaded here.
+    workers inherit the tokenizer loaded here. Once every result is in, the workers are only exiting:
+    with `exiting` given, they are appended to it for the caller to join later (after writing the
+    output) instead of being waited for here.
     """
     global _worker_tokenizer
     _worker_tokenizer = tokenizer if tokenizer is not None else tokenizer_factory()
@@ -737,10 +765,14 @@ def _map_chunks(fn, make_items: Callable[[], Iterable], tokenizer_factory, token
             else:
                 pending[index] = (kind, value)
     finally:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-            worker.join()
+        complete = total is not None and j >= total
+        if complete and exiting is not None:
+            exiting.extend(workers)
+        else:
+            for worker in workers:
+                if worker.is_alive():
+                    worker.terminate()
+                worker.join()
         results.close()
         gc.unfreeze()
 
@@ -1051,9 +1083,10 @@ def preprocess(
     total = sum(p.stat().st_size for p in inputs) * repeat if dataset_type == "wiki" else None
     bar = _progress_bar(progress, total, "B" if dataset_type == "wiki" else "rec")
     started = time.perf_counter()
+    exiting: list = []  # worker processes that delivered everything: joined once the output is in place
     try:
         if dataset_type == "wiki":
-            counts = _run_wiki(inputs, (tokenizer_factory, tokenizer), num_workers, repeat, length, sink, bar)
+            counts = _run_wiki(inputs, (tokenizer_factory, tokenizer), num_workers, repeat, length, sink, bar, exiting)
         else:
             counts = _run_qa(
                 inputs,
@@ -1068,6 +1101,7 @@ def preprocess(
                 chunk_records,
                 sink,
                 bar,
+                exiting,
             )
         meta["counts"] = counts
         meta["seconds"] = round(time.perf_counter() - started, 3)
@@ -1076,6 +1110,8 @@ def preprocess(
         sink.abort()
         raise
     finally:
+        for worker in exiting:
+            worker.join()
         if bar is not None:
             bar.close()
     summary = ", ".join(f"{k}={v}" for k, v in counts.items())
@@ -1091,7 +1127,7 @@ def _progress_bar(enabled: bool, total: int | None, unit: str):
     return tqdm(total=total, unit=unit, unit_scale=True, desc="tokenizing", file=sys.stderr)
 
 
-def _run_wiki(inputs, tokenizer, num_workers, repeat, length, sink, bar) -> dict:
+def _run_wiki(inputs, tokenizer, num_workers, repeat, length, sink, bar, exiting) -> dict:
     counts = collections.Counter()
     carry = np.zeros(0, dtype=np.int32)
 
@@ -1100,7 +1136,8 @@ def _run_wiki(inputs, tokenizer, num_workers, repeat, length, sink, bar) -> dict
             for path in inputs:
                 yield from iter_wiki_chunks(path)
 
-    for ids, chunk_counts, n_chars in _map_chunks(_wiki_task, texts, *tokenizer, num_workers=num_workers):
+    results = _map_chunks(_wiki_task, texts, *tokenizer, num_workers=num_workers, exiting=exiting)
+    for ids, chunk_counts, n_chars in results:
         if bar is not None:
             bar.update(n_chars)  # characters read: close to bytes for mostly-ASCII text
         counts.update(chunk_counts)
@@ -1138,6 +1175,7 @@ def _run_qa(
     chunk_records,
     sink,
     bar,
+    exiting,
 ) -> dict:
     counts = collections.Counter()
     warn = _Warnings()
@@ -1150,7 +1188,8 @@ def _run_qa(
 
     task = functools.partial(_qa_task, chat_format=chat_format, on_error=on_error, length=length, on_long=on_long)
     packer = _Packer(length, sink) if pack else None
-    for ids, labels, lengths, chunk_counts, warnings in _map_chunks(task, chunks, *tokenizer, num_workers=num_workers):
+    results = _map_chunks(task, chunks, *tokenizer, num_workers=num_workers, exiting=exiting)
+    for ids, labels, lengths, chunk_counts, warnings in results:
         if labels.dtype == bool:
             labels = np.where(labels, ids, np.int32(IGNORE_TOKEN_ID))
         counts.update(chunk_counts)
