@@ -437,3 +437,25 @@ def test_a_failing_worker_stops_the_run_with_its_traceback(llama2_model_file, tm
     else:
         assert str(raised.value) == "tokenizer bug on Dublin"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.json"]
+
+
+_TRICKY_LIST = (
+    '  [ {"a": "x, ], [ } \\" \\n"},{"b": [1, 2, {"c": null}]}\n'
+    '  ,\n\n  12345 ,\t"str,ing" , [ ] ,{"d": "é\\u00e9 ü"}  ,\n  -1.5e3, true ]\n  '
+)
+
+
+@pytest.mark.parametrize("read_size", [1, 2, 3, 5, 8, 13, 64, 1 << 20])
+def test_json_list_reader_matches_json_at_any_buffer_size(tmp_path, read_size):
+    """The streaming JSON-list reader gives json's values, with the line each value starts on,
+    whatever the read size cuts through (strings with brackets and commas, numbers, nesting)."""
+    src = tmp_path / "l.json"
+    src.write_text(_TRICKY_LIST, encoding="utf-8")
+    got = list(llama_preprocess.iter_json_records(src, read_size=read_size))
+    assert [value for _, value in got] == json.loads(_TRICKY_LIST)
+    assert [line for line, _ in got] == [1, 1, 4, 4, 4, 4, 5, 5]
+    for broken, line in [(_TRICKY_LIST.replace("null", "nul"), 1), (_TRICKY_LIST.replace("-1.5e3,", "-1.5e3"), 5),
+                         (_TRICKY_LIST.replace("]\n  ", "\n  "), 6), (_TRICKY_LIST + "x", 5)]:  # fmt: skip
+        src.write_text(broken, encoding="utf-8")
+        with pytest.raises(PreprocessError, match=rf"l\.json:{line}: "):
+            list(llama_preprocess.iter_json_records(src, read_size=read_size))

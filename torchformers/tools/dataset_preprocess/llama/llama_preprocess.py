@@ -301,6 +301,7 @@ def _parse_json_line(path: Path, lineno: int, line: str):
 
 _JSON_SPACE = re.compile(r"[ \t\r\n]*")
 _JSON_COMMA = re.compile(r"[ \t\r\n]*,[ \t\r\n]*")
+_JSON_NUMBER_TAIL = re.compile(r"[0-9eE.+-]*")  # after a value: all that is left of the buffer could extend it
 
 
 def _iter_json_array(path: Path, f, buffer: str, read_size: int) -> Iterator[tuple[int, Any]]:
@@ -318,7 +319,7 @@ def _iter_json_array(path: Path, f, buffer: str, read_size: int) -> Iterator[tup
                     record, end = decode(buffer, start)
                 except json.JSONDecodeError:  # cut by the buffer's end, or malformed: the careful path decides
                     end = len(buffer)
-                if end < len(buffer):  # a value ending at the buffer's end may go on (a number)
+                if not _JSON_NUMBER_TAIL.fullmatch(buffer, end):  # a number cut by the buffer's end may go on
                     line += buffer.count("\n", pos, start)
                     yield line, record
                     line += buffer.count("\n", start, end)
@@ -328,7 +329,7 @@ def _iter_json_array(path: Path, f, buffer: str, read_size: int) -> Iterator[tup
                     continue
         # skip whitespace (and one comma between values)
         while True:
-            end = _JSON_SPACE.match(buffer, pos).end()  # a regex: this runs twice per record
+            end = _JSON_SPACE.match(buffer, pos).end()
             line += buffer.count("\n", pos, end)
             pos = end
             if pos < len(buffer) or eof:
@@ -355,7 +356,7 @@ def _iter_json_array(path: Path, f, buffer: str, read_size: int) -> Iterator[tup
         while True:
             try:
                 record, end = decode(buffer, pos)
-                if end < len(buffer) or eof:
+                if eof or not _JSON_NUMBER_TAIL.fullmatch(buffer, end):
                     break
             except json.JSONDecodeError as err:
                 if eof:
