@@ -94,3 +94,22 @@ def test_activation_checkpointing_keeps_names_and_gradients():
     assert [n for n, _ in model.named_parameters()] == names
     assert all(torch.allclose(a, p.grad) for a, p in zip(ref, model.parameters()))
     del layers
+
+
+def test_flops_per_token_counts_weight_gradients_only_for_trained_weights():
+    """MFU's FLOP count: 6 per matmul weight in full training; a frozen weight needs no gradient of its
+    own (4), the LoRA adapters train (6); attention adds 6 x layers x hidden x seq either way."""
+    from torchformers.models import LlamaConfig, LlamaForCausalLM
+    from torchformers.pet import get_pet_model
+    from torchformers.trainer.train_loop import flops_per_token
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, seq_length=16)
+    model = LlamaForCausalLM(cfg)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    n = sum({id(m.weight): m.weight.numel() for m in linears}.values())
+    attention = 6 * cfg.num_layers * cfg.hidden_size * cfg.seq_length
+    assert flops_per_token(model) == 6 * n + attention
+    get_pet_model(model, {"pet_type": "lora", "lora_rank": 4, "target_modules": r".*\.(wq|wv)"})
+    adapters = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad)
+    assert adapters == cfg.num_layers * 2 * 4 * (32 + 32)  # rank 4 on two 32x32 projections per layer
+    assert flops_per_token(model) == 4 * n + 6 * adapters + attention

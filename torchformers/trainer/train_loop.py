@@ -40,17 +40,23 @@ class TrainingInterrupted(SystemExit):
 
 
 def flops_per_token(model: nn.Module) -> float:
-    """Training FLOPs per token: 6 x matmul parameters + causal attention (6 x layers x hidden x seq)."""
-    seen, n = set(), 0
+    """Training FLOPs per token: each matmul weight of the linear layers (LoRA adapters included) costs 2
+    per parameter forward, 2 for the gradient of its input and 2 for its own gradient when it trains
+    (6N for full training, about 4N for adapters on frozen weights); plus causal attention
+    (6 x layers x hidden x seq)."""
+    seen, flops = set(), 0.0
     for module in model.modules():
-        if isinstance(module, nn.Linear) and id(module.weight) not in seen:
-            seen.add(id(module.weight))
-            n += module.weight.numel()
+        if not isinstance(module, nn.Linear):
+            continue
+        for param in module.parameters(recurse=False):
+            if param.dim() >= 2 and id(param) not in seen:  # weights and adapter matrices, not biases
+                seen.add(id(param))
+                flops += (6.0 if param.requires_grad else 4.0) * param.numel()
     config = getattr(model, "config", None)
     layers = getattr(config, "num_layers", 0) or 0
     hidden = getattr(config, "hidden_size", 0) or 0
     seq = getattr(config, "seq_length", 0) or 0
-    return 6.0 * n + 6.0 * layers * hidden * seq
+    return flops + 6.0 * layers * hidden * seq
 
 
 class TrainLoop:
