@@ -13,7 +13,6 @@ the token-weighted mean over the whole batch, as in single-device training.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -63,12 +62,11 @@ class _StageModule(nn.Module):
         self.model, self.first, self.last = model, first, last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base, c = self.model.model, self.model.config
+        base = self.model.model
         h = base.tok_embeddings(x) if self.first else x  # (B, T, hidden)
         positions = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
-        mixed = c.param_init_type != c.compute_dtype or c.embedding_init_type != c.compute_dtype
-        cos, sin = base.freqs_mgr(positions, c.compute_dtype if mixed else c.param_init_type)
-        with torch.autocast(h.device.type, dtype=c.compute_dtype) if mixed else nullcontext():
+        cos, sin, precision = base.rope_and_precision(positions, h.device.type)
+        with precision:
             for layer in base.layers.values():
                 h = layer(h, cos, sin, None, None)
         if not self.last:

@@ -295,17 +295,23 @@ class LlamaModel(nn.Module):
         mask: torch.Tensor | None = None,
         cache_position: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        c = self.config
         h = self.tok_embeddings(input_ids) if input_embeds is None else input_embeds  # (B, T, hidden)
         if position_ids is None:
             position_ids = torch.arange(h.shape[1], device=h.device).unsqueeze(0)  # (1, T)
-        # weights stored in another dtype than compute_dtype (MindFormers' mixed precision): autocast
-        mixed = c.param_init_type != c.compute_dtype or c.embedding_init_type != c.compute_dtype
-        cos, sin = self.freqs_mgr(position_ids, c.compute_dtype if mixed else c.param_init_type)
-        with torch.autocast(h.device.type, dtype=c.compute_dtype) if mixed else nullcontext():
+        cos, sin, precision = self.rope_and_precision(position_ids, h.device.type)
+        with precision:
             for layer in self.layers:
                 h = layer(h, cos, sin, mask, cache_position)
         return self.norm_out(h)
+
+    def rope_and_precision(self, position_ids: torch.Tensor, device_type: str):
+        """`(cos, sin, context)` for the decoder layers: RoPE tables for `position_ids` in the dtype the
+        layers compute in, and the context they run under. Weights stored in another dtype than
+        `compute_dtype` (MindFormers' mixed precision) autocast to `compute_dtype`."""
+        c = self.config
+        mixed = c.param_init_type != c.compute_dtype or c.embedding_init_type != c.compute_dtype
+        cos, sin = self.freqs_mgr(position_ids, c.compute_dtype if mixed else c.param_init_type)
+        return cos, sin, torch.autocast(device_type, dtype=c.compute_dtype) if mixed else nullcontext()
 
 
 @MindFormerRegister.register(MindFormerModuleType.MODELS)
