@@ -753,10 +753,7 @@ def _map_chunks(
                 kind, index, value = results.get_nowait()
             except queue.Empty:
                 if not own.finished and window.acquire(block=False):
-                    with claimed.get_lock():
-                        index = claimed.value
-                        claimed.value += 1
-                    kind, index, value = own.run(index)
+                    kind, index, value = own.run(_claim(claimed))
                     if kind == "done":
                         window.release()
                 else:
@@ -804,24 +801,30 @@ class _OwnShare:
             return "raise", index, err
 
 
-def _worker_loop(fn, make_items: Callable[[], Iterable], claimed, window, out) -> None:
-    def claim() -> int:
-        window.acquire()
-        with claimed.get_lock():
-            claimed.value += 1
-            return claimed.value - 1
+def _claim(claimed) -> int:
+    """The next unclaimed item index from the shared counter."""
+    with claimed.get_lock():
+        claimed.value += 1
+        return claimed.value - 1
 
-    mine = claim()
+
+def _worker_loop(fn, make_items: Callable[[], Iterable], claimed, window, out) -> None:
+    window.acquire()
+    mine = _claim(claimed)
     try:
-        count = 0
-        for count, item in enumerate(make_items(), 1):
-            if count - 1 == mine:
-                out.put(("ok", mine, fn(item)))
-                mine = claim()
-        out.put(("done", count, None))
-    except PreprocessError as err:
-        out.put(("error", mine, (True, str(err))))
-    except BaseException:  # sent as text: the exception itself may not pickle
+        own = _OwnShare(fn, make_items())
+        while True:
+            kind, index, value = own.run(mine)
+            if kind == "raise":  # sent as text: the exception itself may not pickle
+                is_preprocess_error = isinstance(value, PreprocessError)
+                text = str(value) if is_preprocess_error else "".join(traceback.format_exception(value))
+                kind, value = "error", (is_preprocess_error, text)
+            out.put((kind, index, value))
+            if own.finished:
+                break
+            window.acquire()
+            mine = _claim(claimed)
+    except BaseException:
         out.put(("error", mine, (False, traceback.format_exc())))
     finally:
         out.close()
