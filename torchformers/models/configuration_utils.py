@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import yaml
 
+from torchformers.errors import ConfigError
+
 __all__ = ["CONFIG_NAME", "ConfigError", "PretrainedConfig", "convert_dtype", "dtype_to_str"]
 
 CONFIG_NAME = "config.json"
@@ -38,8 +40,6 @@ _DTYPES = {
 }
 
 
-class ConfigError(ValueError):
-    """A configuration value or file is not what the configuration class expects."""
 
 
 def convert_dtype(value: str | torch.dtype | None, key: str = "dtype") -> torch.dtype | None:

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from torchformers.errors import TokenizerError
+
 __all__ = [
     "BatchEncoding",
     "CharSpan",
@@ -43,10 +45,6 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 VERY_LARGE_INTEGER = int(1e30)
-
-
-class TokenizerError(ValueError):
-    """Wrong input to a tokenizer (argument values, files, templates)."""
 
 
 class _StrEnum(str, Enum):

@@ -13,14 +13,11 @@ import os
 import sys
 from pathlib import Path
 
+from torchformers.utils import get_rank
+
 __all__ = ["get_rank", "logger", "set_log_dir"]
 
 _FORMAT = "%(asctime)s - %(name)s[%(filename)s:%(lineno)d] - %(levelname)s - %(message)s"
-
-
-def get_rank() -> int:
-    """This process's global rank (from torchrun's environment; 0 when not distributed)."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def _build() -> logging.Logger:

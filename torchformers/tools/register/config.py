@@ -20,13 +20,14 @@ from typing import Any
 
 import yaml
 
+from torchformers.errors import ConfigError
+from torchformers.tools.register.template import apply_template
+
 __all__ = ["ConfigError", "DictConfig", "MindFormerConfig", "load_yaml", "parse_value"]
 
 MAX_YAML_DEPTH = 10
 
 
-class ConfigError(ValueError):
-    """A configuration file or override is wrong; the message says where and what was expected."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -143,7 +144,6 @@ class MindFormerConfig(DictConfig):
                 raise ConfigError(f"MindFormerConfig takes YAML paths or mappings, got {arg!r}")
         _merge_into(cfg, copy.deepcopy(kwargs))
         if source is not None:
-            from torchformers.tools.register.template import apply_template
 
             cfg = apply_template(cfg, source=source)
         for key in sorted(cfg):  # MindFormers sorts top-level keys on load

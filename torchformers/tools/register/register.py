@@ -16,13 +16,13 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from torchformers.errors import RegistryError
+from torchformers.tools.logger import logger
+from torchformers.tools.register.spec import ModelSpec
+
 __all__ = ["MindFormerModuleType", "MindFormerRegister", "RegistryError"]
 
 REGISTER_PATH_ENV = "REGISTER_PATH"
-
-
-class RegistryError(ValueError):
-    """A lookup, registration or `auto_register` failed because of the user's input."""
 
 
 class MindFormerModuleType:
@@ -65,6 +65,7 @@ class MindFormerRegister:
     """Registry of classes by module type and name (all methods are classmethods)."""
 
     registry: dict[str, dict[str, type]] = {}
+    model_specs: dict[str, ModelSpec] = {}
 
     @classmethod
     def register(cls, module_type: str = MindFormerModuleType.TOOLS, alias: str | None = None):
@@ -90,6 +91,56 @@ class MindFormerRegister:
             )
         table[name] = register_class
         return register_class
+
+    @classmethod
+    def register_model_spec(cls, spec: ModelSpec) -> ModelSpec:
+        """Register a model family (see `ModelSpec`): the spec under its name, and its config, model and
+        tokenizer classes under CONFIG, MODELS and TOKENIZER. Registering the same family again (a module
+        imported twice) replaces the earlier spec; returns `spec`."""
+        if not isinstance(spec, ModelSpec):
+            raise RegistryError(f"register_model_spec expects a ModelSpec, got {type(spec).__name__}")
+        existing = cls.model_specs.get(spec.name)
+        if existing is not None and existing is not spec:
+            if not _same_class(existing.config_class, spec.config_class):
+                raise RegistryError(
+                    f"model family {spec.name!r} is already registered by {existing.config_class.__module__}; "
+                    "choose another name"
+                )
+            logger.debug("model family %r registered again; the new spec replaces the earlier one", spec.name)
+        cls.register_cls(spec.config_class, MindFormerModuleType.CONFIG)
+        for model_class in spec.model_classes:
+            cls.register_cls(model_class, MindFormerModuleType.MODELS)
+        for tokenizer_class in spec.tokenizer_classes:
+            cls.register_cls(tokenizer_class, MindFormerModuleType.TOKENIZER)
+        cls.model_specs[spec.name] = spec
+        return spec
+
+    @classmethod
+    def get_model_spec(cls, name: str, what: str = "model") -> ModelSpec:
+        """The spec registered as `name`; raises RegistryError listing the known families."""
+        if name in cls.model_specs:
+            return cls.model_specs[name]
+        known = ", ".join(sorted(cls.model_specs)) or "none"
+        raise RegistryError(
+            f"{what} {name!r} is not a registered model family{_did_you_mean(name, cls.model_specs)} "
+            f"(known: {known}; a family outside the library registers itself with "
+            "MindFormerRegister.register_model_spec in a file under --register_path)"
+        )
+
+    @classmethod
+    def find_model_spec(cls, predicate) -> ModelSpec | None:
+        """The first registered spec for which `predicate(spec)` is true, or None."""
+        return next((spec for spec in cls.model_specs.values() if predicate(spec)), None)
+
+    @classmethod
+    def model_spec_of(cls, obj) -> ModelSpec | None:
+        """The spec whose model or config class is `obj`'s class (or a base of it), or None."""
+        klass = obj if isinstance(obj, type) else type(obj)
+        for base in klass.__mro__:
+            for spec in cls.model_specs.values():
+                if base is spec.config_class or base in spec.model_classes:
+                    return spec
+        return None
 
     @classmethod
     def is_exist(cls, module_type: str, class_name: str | None = None) -> bool:

@@ -14,6 +14,7 @@ import copy
 import difflib
 from pathlib import Path
 
+from torchformers.errors import ConfigError
 from torchformers.tools.logger import logger
 
 __all__ = ["GENERAL_DEFAULTS", "RUN_MODES", "STRICT_DEFAULTS", "apply_template", "check_strict_sections"]
@@ -227,8 +228,6 @@ _REQUIRED_KEYS = {"trainer": ("type",), "model": ("model_config", "arch")}
 
 
 def _config_error(source: Path | None, message: str):
-    from torchformers.tools.register.config import ConfigError
-
     where = f"{source}: " if source is not None else ""
     return ConfigError(where + message)
 
