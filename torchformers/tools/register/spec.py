@@ -1,6 +1,6 @@
 """`ModelSpec`: everything the library needs to know about one model family, in one record.
 
-A family (Llama, or Qwen2 in `research/`) describes itself once and registers with
+A family (Llama in the library, or one in a `research/` folder) describes itself once and registers with
 `MindFormerRegister.register_model_spec(spec)`; that one call registers its config, model and
 tokenizer classes under their YAML `type:` names too. Everything outside the family's own folder
 asks the spec instead of spelling the family's parameter names:
