@@ -295,14 +295,26 @@ class LlamaModel(nn.Module):
         mask: torch.Tensor | None = None,
         cache_position: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = self.tok_embeddings(input_ids) if input_embeds is None else input_embeds  # (B, T, hidden)
+        """Token ids `(B, T)` (or `input_embeds` `(B, T, hidden)`) -> hidden states `(B, T, hidden)`.
+
+        A pipeline stage holds only some of the modules (torchtitan's way): without `tok_embeddings`
+        the first argument already holds hidden states, without `norm_out` they come back unnormalised,
+        and `layers` may be a `ModuleDict` keyed by the original layer numbers.
+        """
+        if input_embeds is not None:
+            h = input_embeds
+        elif self.tok_embeddings is None:
+            h = input_ids  # hidden states from the previous pipeline stage
+        else:
+            h = self.tok_embeddings(input_ids)  # (B, T, hidden)
         if position_ids is None:
             position_ids = torch.arange(h.shape[1], device=h.device).unsqueeze(0)  # (1, T)
         cos, sin, precision = self.rope_and_precision(position_ids, h.device.type)
+        layers = self.layers.values() if isinstance(self.layers, nn.ModuleDict) else self.layers
         with precision:
-            for layer in self.layers:
+            for layer in layers:
                 h = layer(h, cos, sin, mask, cache_position)
-        return self.norm_out(h)
+        return h if self.norm_out is None else self.norm_out(h)
 
     def rope_and_precision(self, position_ids: torch.Tensor, device_type: str):
         """`(cos, sin, context)` for the decoder layers: RoPE tables for `position_ids` in the dtype the
@@ -361,6 +373,8 @@ class LlamaForCausalLM(PretrainedModel):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, LlamaEmbedding):
             nn.init.normal_(module.embedding_weight, std=std)
+        elif isinstance(module, LlamaRMSNorm):
+            nn.init.ones_(module.weight)
 
     # ------------------------------------------------------------------ MindFormers interface
     def forward(
@@ -412,17 +426,32 @@ class LlamaForCausalLM(PretrainedModel):
         reduction: str = "mean",
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Shifted next-token cross-entropy on `seq_length + 1` tokens (see the class docstring)."""
-        tokens = input_ids[:, :-1]  # (B, S)
-        embeds = input_embeds[:, :-1] if input_embeds is not None else None
-        targets = (labels if labels is not None else input_ids)[:, 1:].long()  # (B, S)
-        if loss_mask is not None:
-            mask = loss_mask[:, 1:] if loss_mask.shape[1] == input_ids.shape[1] else loss_mask
-            mask = mask.float()
-        else:
-            mask = ((tokens != self.config.pad_token_id) & (targets != self.config.ignore_token_id)).float()
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"compute_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        hidden = self.model(tokens, embeds)  # (B, S, hidden)
+        tokens, targets = self.loss_inputs(input_ids, labels, loss_mask)
+        embeds = input_embeds[:, :-1] if input_embeds is not None else None
+        return self.loss_from_hidden(self.model(tokens, embeds), targets, reduction)
+
+    def loss_inputs(
+        self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one place that decides which tokens are learned: `seq_length + 1` ids -> `(tokens, targets)`,
+        both `(B, seq_length)`, with `ignore_token_id` in `targets` wherever no loss is taken (the input is
+        `pad_token_id` or the label is `ignore_token_id`; with `loss_mask`, wherever it is 0)."""
+        tokens = input_ids[:, :-1]  # (B, S)
+        targets = (labels if labels is not None else input_ids)[:, 1:].long()  # (B, S)
+        ignore = self.config.ignore_token_id
+        if loss_mask is not None:
+            mask = (loss_mask[:, 1:] if loss_mask.shape[1] == input_ids.shape[1] else loss_mask).bool()
+        else:
+            mask = (tokens != self.config.pad_token_id) & (targets != ignore)
+        return tokens, targets.masked_fill(~mask, ignore)
+
+    def loss_from_hidden(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"):
+        """Cross-entropy of `lm_head(hidden)` `(B, S, hidden)` against `targets` `(B, S)` (from `loss_inputs`);
+        positions whose target is `ignore_token_id` count for nothing. "mean" divides by the number of
+        counted tokens (+ 1e-8), "sum" does not, "none" returns `(per_token_loss, mask)`."""
+        mask = (targets != self.config.ignore_token_id).float()
         safe_targets = targets.masked_fill(targets == self.config.ignore_token_id, 0)
         head = self.lm_head
         if reduction != "none" and type(head) is nn.Linear and head.bias is None and type(head.weight) is nn.Parameter:
