@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Mapping, Sequence
 
-from torchformers.tools.register.config import ConfigError, MindFormerConfig, parse_value
+import torchformers  # noqa: F401  (registers the library's classes)
+from torchformers.errors import ConfigError, TorchformersError, run_cli
+from torchformers.tools.context import build_context
+from torchformers.tools.register.build import build_trainer
+from torchformers.tools.register.config import MindFormerConfig, parse_value
 from torchformers.tools.register.paths import REPO_ROOT, import_register_path, resolve_path, use_register_path
-from torchformers.tools.register.register import RegistryError
 from torchformers.tools.register.template import RUN_MODES, check_strict_sections
+from torchformers.utils import str2bool
 
 __all__ = [
     "REPO_ROOT",
@@ -28,14 +31,6 @@ __all__ = [
     "resolve_path",
     "use_register_path",
 ]
-
-
-def str2bool(text: str) -> bool:
-    if text.lower() == "true":
-        return True
-    if text.lower() == "false":
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def str2bool_or_str(text: str) -> bool | str:
@@ -265,10 +260,6 @@ def config_from_args(argv: Sequence[str] | None = None) -> MindFormerConfig:
 
 def run(config: MindFormerConfig):
     """Build the context and the task trainer named by `trainer.type`, then run the run mode."""
-    import torchformers  # noqa: F401  (registers the library's classes)
-    from torchformers.tools.context import build_context
-    from torchformers.tools.register.build import build_trainer
-
     build_context(config)
     if not isinstance(config.trainer, Mapping) or "type" not in config.trainer:
         raise ConfigError(
@@ -283,18 +274,10 @@ def run(config: MindFormerConfig):
     return trainer.predict(config=config, input_data=config.input_data, batch_size=config.predict_batch_size)
 
 
-USER_ERRORS = (ConfigError, RegistryError, ValueError, KeyError, FileNotFoundError, NotImplementedError)
+# Beside the error tree: what a user's input makes PyTorch, numpy or the file system raise.
+USER_ERRORS = (TorchformersError, ValueError, KeyError, FileNotFoundError, NotImplementedError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = config_from_args(argv)
-        run(config)
-    except USER_ERRORS as err:
-        if os.environ.get("TORCHFORMERS_DEBUG") == "1":
-            raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        print("(set TORCHFORMERS_DEBUG=1 to see the traceback)", file=sys.stderr)
-        return 2
-    return 0
+    """The launcher: a user's mistake is one line on stderr and exit status 2 (`errors.run_cli`)."""
+    return run_cli(lambda: run(config_from_args(argv)), errors=USER_ERRORS)

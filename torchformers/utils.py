@@ -48,7 +48,7 @@ def to_dtype(value: str | torch.dtype | None, key: str = "dtype") -> torch.dtype
         name = value.strip().lower().rsplit(".", 1)[-1]  # "mstype.float16", "torch.float16"
         if name in DTYPES:
             return DTYPES[name]
-    raise ConfigError(f"{key}: expected one of 'float32', 'float16', 'bfloat16' (or fp32/fp16/bf16), got {value!r}")
+    raise ConfigError(f"{key}: expected one of 'float16', 'bfloat16', 'float32', got {value!r}")
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -23,34 +23,15 @@ import torch
 import yaml
 
 from torchformers.errors import ConfigError
+from torchformers.utils import to_dtype
 
 __all__ = ["CONFIG_NAME", "ConfigError", "PretrainedConfig", "convert_dtype", "dtype_to_str"]
 
 CONFIG_NAME = "config.json"
 
-_DTYPES = {
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-}
-
-
-
-
 def convert_dtype(value: str | torch.dtype | None, key: str = "dtype") -> torch.dtype | None:
     """Turn "float16" / "bfloat16" / "float32" (also MindSpore's "mstype.float16") into a torch dtype."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    if isinstance(value, str):
-        name = value.strip().lower().rsplit(".", 1)[-1]  # "mstype.float16", "torch.float16"
-        if name in _DTYPES:
-            return _DTYPES[name]
-    raise ConfigError(f"{key}: expected one of 'float16', 'bfloat16', 'float32', got {value!r}")
+    return to_dtype(value, key)
 
 
 def dtype_to_str(value: Any) -> Any:
