@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
+import yaml
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from torchformers.errors import TokenizerError
 
@@ -99,8 +103,6 @@ def _to_tensor(key: str, value, tensor_type: TensorType):
     if array.dtype.kind in "iub":
         array = array.astype(np.int64)
     if tensor_type == TensorType.PYTORCH:
-        import torch
-
         return torch.from_numpy(array)
     return array
 
@@ -753,8 +755,6 @@ class PreTrainedTokenizerBase(SpecialTokensMixin):
         vocab_paths = self.save_vocabulary(str(save_directory))
         config = self._config_for_saving()
         if file_format == "yaml":
-            import yaml
-
             block = {"type": type(self).__name__, **config}
             for path in vocab_paths:  # the YAML names its files relative to itself, resolved on load
                 attr = next((a for a, f in self.vocab_files_names.items() if path.endswith(f)), None)
@@ -839,8 +839,6 @@ def _read_json(path: Path) -> dict:
 
 
 def _tokenizer_block_from_yaml(path: Path) -> dict:
-    import yaml
-
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
     block = data.get("processor", {}).get("tokenizer") if isinstance(data.get("processor"), dict) else None
@@ -857,9 +855,6 @@ _TEMPLATE_CACHE: dict[str, Any] = {}
 def _compile_chat_template(template: str):
     compiled = _TEMPLATE_CACHE.get(template)
     if compiled is None:
-        from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
         def raise_exception(message):
             raise TokenizerError(f"chat template: {message}")
 

@@ -16,7 +16,7 @@ import copy
 import os
 from collections.abc import Sequence
 
-from tokenizers import AddedToken, Tokenizer
+from tokenizers import AddedToken, Tokenizer, trainers
 
 from torchformers.models.tokenization_utils_base import (
     PaddingStrategy,
@@ -245,8 +245,6 @@ class PretrainedTokenizerFast(PreTrainedTokenizerBase):
 
     def train_new_from_iterator(self, text_iterator, vocab_size: int, **trainer_kwargs) -> PretrainedTokenizerFast:
         """A new tokenizer of the same kind (same pipeline), trained on `text_iterator` (BPE models)."""
-        from tokenizers import trainers
-
         backend = copy.deepcopy(self._tokenizer)
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=self.all_special_tokens, **trainer_kwargs)
         backend.train_from_iterator(text_iterator, trainer=trainer)

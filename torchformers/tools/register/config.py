@@ -12,6 +12,7 @@ dotted key and the closest valid keys.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -235,8 +236,6 @@ def parse_value(text: str) -> Any:
     if text in ("False", "false"):
         return False
     try:
-        import json
-
         return json.loads(text)
     except ValueError:
         return text

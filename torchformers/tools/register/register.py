@@ -10,6 +10,7 @@ from the register path instead of copying it into a cache under the current dire
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib.util
 import os
 import sys
@@ -290,7 +291,5 @@ def _same_class(a, b) -> bool:
 
 
 def _did_you_mean(name: str, candidates) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
