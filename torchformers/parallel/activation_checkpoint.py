@@ -1,8 +1,9 @@
 """Activation checkpointing (`recompute_config.recompute`) applied from outside the model.
 
-Each decoder layer's `forward` is wrapped in `torch.utils.checkpoint` (non-reentrant), so its
-activations are recomputed in backward; parameter names stay the same, and it composes with tensor
-parallelism, `torch.compile` and FSDP2 (applied in that order, as torchtitan does).
+Each decoder layer's `forward` (the layers the model's `ModelSpec` names in `parallel.layers`) is
+wrapped in `torch.utils.checkpoint` (non-reentrant), so its activations are recomputed in backward;
+parameter names stay the same, and it composes with tensor parallelism, `torch.compile` and FSDP2
+(applied in that order, as torchtitan does).
 """
 
 from __future__ import annotations
@@ -11,28 +12,33 @@ import functools
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from torchformers.tools.register.config import ConfigError
+from torchformers.errors import ConfigError
+from torchformers.parallel.parts import decoder_layers, submodule_or_none
 
-__all__ = ["apply_activation_checkpointing", "decoder_layers"]
-
-
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks: the first `ModuleList`/`ModuleDict` of the model with children."""
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            return list(module)
-        if isinstance(module, nn.ModuleDict) and len(module) > 0:
-            return list(module.values())
-    raise ConfigError("recompute_config.recompute: the model has no list of layers to recompute")
+__all__ = ["apply_activation_checkpointing"]
 
 
-def apply_activation_checkpointing(model: nn.Module) -> int:
-    """Recompute each decoder layer in backward. Returns the number of layers wrapped."""
-    from torch.utils.checkpoint import checkpoint
+def apply_activation_checkpointing(model: nn.Module, layers: str | None = None) -> int:
+    """Recompute each decoder layer in backward. Returns the number of layers wrapped.
 
-    layers = decoder_layers(model)
-    for layer in layers:
+    Args:
+        model: the model; its registered `ModelSpec` names the layers (`parallel.layers`).
+        layers: a dotted path to an `nn.ModuleList` / `nn.ModuleDict` of blocks, for a model that belongs
+            to no registered family.
+    """
+    if layers is None:
+        blocks = decoder_layers(model, "recompute_config.recompute")
+    else:
+        container = submodule_or_none(model, layers)
+        if not isinstance(container, (nn.ModuleList, nn.ModuleDict)):
+            raise ConfigError(
+                f"recompute_config.recompute: {type(model).__name__} has {type(container).__name__} at "
+                f"{layers!r}, expected an nn.ModuleList or nn.ModuleDict of layers"
+            )
+        blocks = list(container.values()) if isinstance(container, nn.ModuleDict) else list(container)
+    for layer in blocks:
         original = layer.forward
 
         @functools.wraps(original)
@@ -42,4 +48,4 @@ def apply_activation_checkpointing(model: nn.Module) -> int:
             return _original(*args, **kwargs)
 
         layer.forward = forward
-    return len(layers)
+    return len(blocks)

@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
-from torchformers.tools.register.config import ConfigError
+from torchformers.errors import ConfigError
+from torchformers.utils import get_world_size
 
 __all__ = ["ParallelDims", "parallel_dims_from_config"]
 
@@ -72,8 +73,6 @@ class ParallelDims:
 
     def build_mesh(self, device_type: str) -> dist.DeviceMesh:
         """The 4-D mesh ("pp", "dp_replicate", "dp_shard", "tp"); needs an initialised process group."""
-        from torch.distributed.device_mesh import init_device_mesh
-
         return init_device_mesh(
             device_type,
             (self.pp, self.dp_replicate, self.dp_shard, self.tp),
@@ -104,7 +103,7 @@ def parallel_dims_from_config(config, world_size: int | None = None) -> Parallel
                 "(data, model, pipeline and sequence parallelism are)"
             )
     if world_size is None:
-        world_size = dist.get_world_size() if dist.is_initialized() else 1
+        world_size = get_world_size()
     shard = par.get("enable_parallel_optimizer")
     if shard is None:  # optimizer_shard is MindFormers' deprecated spelling of the same switch
         shard = pc.get("optimizer_shard")
@@ -126,7 +125,3 @@ def _int(value, key: str, source: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
         raise ConfigError(f"{source}: parallel_config.{key} must be an integer >= 1, got {value!r}")
     return int(value)
-
-
-def device_type_of(device: torch.device | str) -> str:
-    return torch.device(device).type

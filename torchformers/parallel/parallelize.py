@@ -16,16 +16,24 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing, decoder_layers
+from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
+from torchformers.parallel.checkpoint import load_weights_into
 from torchformers.parallel.mesh import ParallelDims
+from torchformers.parallel.parts import decoder_layers
+from torchformers.parallel.pipeline_parallel import split_into_stage
 from torchformers.tools.logger import logger
+from torchformers.tools.register.build import build_model
 
 __all__ = ["ParallelPlan", "apply_fsdp", "build_parallel_model", "parallelize_model"]
 
 
 @dataclass
 class ParallelPlan:
-    """What `parallelize_model` did: the mesh, this rank's coordinates, the stage's layers."""
+    """What `parallelize_model` did: the mesh, this rank's coordinates, the stage's layers.
+
+    The training step for the layout (`torchformers.trainer.pipeline_step.parallel_train_step`) reads the
+    meshes from here and builds its pipeline schedule with `pipeline_parallel.build_pipeline_schedule`.
+    """
 
     dims: ParallelDims
     mesh: object  # DeviceMesh
@@ -37,56 +45,25 @@ class ParallelPlan:
     def dp_mesh(self):
         return self.mesh["dp_shard"] if self.dims.dp_shard > 1 else self.mesh["dp_replicate"]
 
-    def dp_rank_and_size(self) -> tuple[int, int]:
-        """This rank's data-parallel shard of the data: ranks of one TP/PP group read the same batches."""
-        return self.dp_mesh.get_local_rank(), self.dims.dp
+    @property
+    def pp_mesh(self):
+        return self.mesh["pp"]
 
-    def wrap_step(self, step_fn):
-        """The training step for this layout: the pipeline schedule under PP; the given step otherwise,
-        with its reported loss averaged over the data-parallel ranks."""
-        if self.dims.pp > 1:
-            from torchformers.parallel.pipeline_parallel import PipelineTrainStep
-
-            step = PipelineTrainStep(self.model, step_fn, self.mesh["pp"], self.dims.micro_batch_num, self.device)
-        else:
-            group = self.dp_mesh.get_group() if self.dims.dp > 1 else None
-            step = _AveragedLossStep(step_fn, group, self.device)
-        # one rank per pipeline stage writes whole-tensor weight files (checkpoint_network/)
-        step.writes_weights = self.dp_mesh.get_local_rank() == 0 and self.mesh["tp"].get_local_rank() == 0
-        return step
-
-
-class _AveragedLossStep:
-    """Reports the loss averaged over data-parallel ranks (the global batch's loss when their token counts
-    agree); gradients are already averaged by FSDP2."""
-
-    def __init__(self, inner, group, device: torch.device) -> None:
-        self.inner, self.group, self.device = inner, group, device
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __call__(self, micro_batches: list):
-        out = self.inner(micro_batches)
-        if self.group is None:
-            return out
-        loss = torch.tensor([out.loss], dtype=torch.float64 if self.device.type == "cpu" else torch.float32,
-                            device=self.device)  # fmt: skip
-        dist.all_reduce(loss, op=dist.ReduceOp.AVG if dist.get_backend(self.group) == "nccl" else dist.ReduceOp.SUM,
-                        group=self.group)  # fmt: skip
-        if dist.get_backend(self.group) != "nccl":
-            loss /= dist.get_world_size(self.group)
-        out.loss = float(loss)
-        return out
+    @property
+    def writes_weights(self) -> bool:
+        """Whether this rank writes whole-tensor weight files (`checkpoint_network/`): one per pipeline stage."""
+        return self.dp_mesh.get_local_rank() == 0 and self.mesh["tp"].get_local_rank() == 0
 
 
 def apply_fsdp(model: nn.Module, dp_mesh, *, reshard_after_forward: bool = True, mp_policy=None) -> None:
-    """FSDP2 `fully_shard` on each decoder layer, then on the root (which takes the rest).
+    """FSDP2 `fully_shard` on each decoder layer (the spec's `parallel.layers`), then on the root (which takes
+    the rest).
 
     On a 1-D mesh parameters, gradients and optimizer state are sharded; on the 2-D
     ("dp_replicate", "dp_shard") mesh with a shard size of 1 they are replicated and gradients
     all-reduced (the replicate form of FSDP2).
     """
+    # start-up time: FSDP2 is only loaded when data parallelism is used
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     kwargs = {"mesh": dp_mesh, "reshard_after_forward": reshard_after_forward}
@@ -110,7 +87,8 @@ def parallelize_model(
     """Shard `model` in place for `dims` on the current process group; returns the plan.
 
     Args:
-        model: a single-device `LlamaForCausalLM`-shaped model (on `device` or on the meta device).
+        model: a single-device model of a registered family (its `ModelSpec` says where the layers, embedding
+            and head are), on `device` or on the meta device.
         dims: the degrees (`parallel_dims_from_config`).
         device: this rank's device.
         recompute: activation checkpointing of each decoder layer.
@@ -120,12 +98,12 @@ def parallelize_model(
         mp_policy: an FSDP2 `MixedPrecisionPolicy` (e.g. bf16 parameters with fp32 reduction).
     """
     mesh = dims.build_mesh(device.type)
-    layer_ids = list(range(getattr(model.config, "num_layers", 0)))
     if dims.pp > 1:
-        from torchformers.parallel.pipeline_parallel import split_into_stage
-
         layer_ids = split_into_stage(model, mesh["pp"].get_local_rank(), dims.pp)
+    else:
+        layer_ids = list(range(len(decoder_layers(model))))
     if dims.tp > 1:
+        # start-up time: DTensor's tensor-parallel styles are only loaded when tensor parallelism is used
         from torchformers.parallel.tensor_parallel import apply_tensor_parallel
 
         apply_tensor_parallel(
@@ -171,8 +149,6 @@ def build_parallel_model(model_config, dims: ParallelDims, device: torch.device,
     shard it, check the sharded layout with `prepare_inputs_for_predict_layout`, then allocate this rank's
     shards on `device` and fill them from `checkpoint` (a sharded folder or a full file) or, without one,
     with the model's random initialisation."""
-    from torchformers.tools.register.build import build_model
-
     with torch.device("meta"):
         model = build_model(model_config)
     plan = parallelize_model(
@@ -184,15 +160,9 @@ def build_parallel_model(model_config, dims: ParallelDims, device: torch.device,
     if hasattr(model, "init_buffers"):
         model.init_buffers(device)
     if checkpoint:
-        from torchformers.parallel.checkpoint import load_weights_into
-
         load_weights_into(model, checkpoint)
-    else:
-        with torch.no_grad():
-            model.apply(model._init_weights) if hasattr(model, "_init_weights") else None
-            for module in model.modules():  # norms start at one, as in the model's constructor
-                if hasattr(module, "eps") and isinstance(getattr(module, "weight", None), torch.Tensor):
-                    module.weight.fill_(1.0)
+    else:  # the model's own initialisation, now on this rank's shards
+        model.post_init()
     return model, plan
 
 

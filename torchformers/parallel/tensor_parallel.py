@@ -1,18 +1,23 @@
-"""Tensor (model) parallelism of a Llama-shaped model with DTensor `parallelize_module`.
+"""Tensor (model) parallelism with DTensor `parallelize_module`, applied as the model's `ModelSpec` says.
 
-Megatron-style sharding as MindFormers' `model_parallel` (spec §10.1) and torchtitan's
-`apply_tp`: column-wise `wq`/`wk`/`wv`/`w1`/`w3`, row-wise `wo`/`w2`; with `vocab_emb_dp: False`
-the embedding is split over the vocabulary (rows) and `lm_head` column-wise (over the vocabulary),
-its logits gathered before the loss; with `use_seq_parallel` the norms and residual stream are split
-over the sequence (`SequenceParallel`) and gathered before attention and the FFN.
+Megatron-style sharding as MindFormers' `model_parallel` (spec §10.1) and torchtitan's `apply_tp`. The
+family's `ParallelSpec.tp_plan` names, per decoder layer, the linears split by output features
+("colwise"), those split by input features ("rowwise") and the norms ("norm", kept whole); with
+`vocab_emb_dp: False` the embedding (`embedding`) is split over the vocabulary (rows) and the head
+(`head`) column-wise (over the vocabulary), its logits gathered before the loss; with
+`use_seq_parallel` the norms (and `final_norm`) and the residual stream are split over the sequence
+(`SequenceParallel`) and gathered again at the input of each module that holds split linears.
 
 Every parameter that is not split becomes a replicated DTensor on the same mesh (`ReplicateParallel`),
-so that gradient clipping, checkpoints and FSDP see one kind of tensor. The attention modules keep
-their code; only their head counts are set to the local ones (`n_heads / tp`, `n_kv_heads / tp`),
-which is what their `view` calls and the KV cache read.
+so that gradient clipping, checkpoints and FSDP see one kind of tensor. The layers keep their code;
+only the head counts the spec lists in `tp_divide` are set to the local ones (divided by the degree),
+which is what the modules' `view` calls and the KV cache read.
 """
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -27,9 +32,16 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from torchformers.tools.register.config import ConfigError
+from torchformers.errors import ConfigError
+from torchformers.parallel.parts import decoder_layers, parallel_spec_of, submodule_or_none
 
-__all__ = ["ReplicateParallel", "VocabParallelEmbedding", "apply_tensor_parallel", "check_tp_divisibility"]
+__all__ = [
+    "ReplicateParallel",
+    "VocabParallelEmbedding",
+    "apply_tensor_parallel",
+    "check_tp_divisibility",
+    "layer_plan",
+]
 
 
 def _to_replicate(x, mesh: DeviceMesh):
@@ -65,7 +77,7 @@ class VocabParallelEmbedding(ParallelStyle):
     """Split an embedding table `(vocab, hidden)` by rows; each rank looks up its vocabulary range and the
     partial results are summed (DTensor's masked-partial embedding), then laid out as `output_layout`."""
 
-    def __init__(self, weight_name: str = "embedding_weight", output_layout=None, use_local_output: bool = True):
+    def __init__(self, weight_name: str = "weight", output_layout=None, use_local_output: bool = True):
         super().__init__()
         self.weight_name = weight_name
         self.output_layout = output_layout or Replicate()
@@ -93,21 +105,54 @@ class VocabParallelEmbedding(ParallelStyle):
         return distribute_module(module, device_mesh, partition, input_fn, output_fn)
 
 
-def check_tp_divisibility(config, tp: int, vocab_parallel: bool, source: str = "the config") -> None:
-    """Heads, KV heads and FFN width must split evenly over `model_parallel` ranks (vocabulary too when split)."""
-    checks = {
-        "num_heads": getattr(config, "num_heads", None),
-        "n_kv_heads": getattr(config, "kv_heads", None) or getattr(config, "n_kv_heads", None),
-        "ffn_hidden_size": getattr(config, "ffn_hidden_size", None),
-    }
-    if vocab_parallel:
-        checks["vocab_size"] = getattr(config, "vocab_size", None)
-    for key, value in checks.items():
+def check_tp_divisibility(
+    config, tp: int, vocab_parallel: bool, source: str = "the config", keys: Sequence[str] = ()
+) -> None:
+    """The config values named by `keys` (the spec's `tp_divisible`: heads, KV heads, FFN width) must split
+    evenly over `model_parallel` ranks, and `vocab_size` too when the vocabulary is split."""
+    names = [*keys, "vocab_size"] if vocab_parallel else list(keys)
+    for key in names:
+        value = getattr(config, key, None)
         if value is not None and value % tp:
             raise ConfigError(
                 f"{source}: parallel_config.model_parallel is {tp} but model_config.{key} is {value}, "
                 f"which does not split evenly over {tp} ranks"
             )
+
+
+def layer_plan(tp_plan: Mapping[str, str], sequence_parallel: bool, layer: nn.Module) -> dict[str, ParallelStyle]:
+    """The DTensor plan of one decoder layer from the spec's `tp_plan` ("colwise" / "rowwise" / "norm").
+
+    Under sequence parallelism the row-wise outputs stay sequence-sharded DTensors (the residual stream),
+    the norms run on sequence shards, and each module holding split linears gathers its first input
+    (the hidden states) over the sequence before them.
+    """
+    sp = sequence_parallel
+    seq = Shard(1)
+    plan: dict[str, ParallelStyle] = {}
+    for path, kind in tp_plan.items():
+        if kind == "colwise":
+            plan[path] = ColwiseParallel()
+        elif kind == "rowwise":
+            plan[path] = RowwiseParallel(output_layouts=seq, use_local_output=False) if sp else RowwiseParallel()
+        elif kind == "norm":
+            plan[path] = SequenceParallel() if sp else ReplicateParallel()
+        else:
+            raise ConfigError(f"ParallelSpec.tp_plan[{path!r}] is {kind!r}; expected 'colwise', 'rowwise' or 'norm'")
+    if sp:
+        parents = {path.rpartition(".")[0] for path, kind in tp_plan.items() if kind in ("colwise", "rowwise")}
+        for parent in sorted(parents - {""}):
+            n = _positional_inputs(layer.get_submodule(parent))
+            plan[parent] = PrepareModuleInput(
+                input_layouts=(seq, *[None] * (n - 1)), desired_input_layouts=(Replicate(), *[None] * (n - 1))
+            )
+    return plan
+
+
+def _positional_inputs(module: nn.Module) -> int:
+    """How many positional arguments `module.forward` takes (the layer passes all of them)."""
+    params = inspect.signature(module.forward).parameters.values()
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 def apply_tensor_parallel(
@@ -119,57 +164,45 @@ def apply_tensor_parallel(
     loss_parallel: bool = False,
     src_data_rank: int | None = 0,
 ) -> nn.Module:
-    """Shard `model` (a `LlamaForCausalLM`: `model.tok_embeddings`, `model.layers`, `model.norm_out`,
-    `lm_head`) over `tp_mesh` in place. Modules a pipeline stage does not hold (None) are skipped.
-    `src_data_rank=None` takes each rank's own copy (identical copies, or meta tensors) without communication;
-    0 scatters rank 0's weights."""
+    """Shard `model` over `tp_mesh` in place as its `ModelSpec` says (`parallel.embedding`, `layers`,
+    `final_norm`, `head`, `tp_plan`, `tp_divide`, `tp_divisible`). Modules a pipeline stage does not hold
+    (None) are skipped. `src_data_rank=None` takes each rank's own copy (identical copies, or meta tensors)
+    without communication; 0 scatters rank 0's weights."""
+    spec = parallel_spec_of(model, "parallel_config.model_parallel")
     tp = tp_mesh.size()
-    check_tp_divisibility(model.config, tp, vocab_parallel)
-    base = model.model
+    check_tp_divisibility(model.config, tp, vocab_parallel, keys=spec.tp_divisible)
     sp = sequence_parallel
     seq = Shard(1)
     # between blocks the residual stream is a sequence-sharded DTensor under SP, a plain tensor otherwise
-    if base.tok_embeddings is not None:
-        style = (
-            VocabParallelEmbedding(output_layout=seq if sp else Replicate(), use_local_output=not sp)
-            if vocab_parallel
-            else ReplicateParallel()
-        )
-        if sp and not vocab_parallel:
-            style = _ReplicateThenShardSeq()
-        parallelize_module(base.tok_embeddings, tp_mesh, style, src_data_rank=src_data_rank)
-    for layer in _layers(base):
-        plan = {
-            "attention.wq": ColwiseParallel(),
-            "attention.wk": ColwiseParallel(),
-            "attention.wv": ColwiseParallel(),
-            "attention.wo": RowwiseParallel(output_layouts=seq, use_local_output=False) if sp else RowwiseParallel(),
-            "feed_forward.w1": ColwiseParallel(),
-            "feed_forward.w3": ColwiseParallel(),
-            "feed_forward.w2": RowwiseParallel(output_layouts=seq, use_local_output=False) if sp else RowwiseParallel(),
-        }
-        if sp:
-            plan["attention_norm"] = SequenceParallel()
-            plan["ffn_norm"] = SequenceParallel()
-            plan["attention"] = PrepareModuleInput(
-                input_layouts=(seq, None, None, None, None), desired_input_layouts=(Replicate(), None, None, None, None)
+    embedding_path, embedding_weight = spec.embedding if spec.embedding else (None, None)
+    embedding = submodule_or_none(model, embedding_path)
+    if embedding is not None:
+        if vocab_parallel:
+            style = VocabParallelEmbedding(
+                embedding_weight, output_layout=seq if sp else Replicate(), use_local_output=not sp
             )
-            plan["feed_forward"] = PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),))
         else:
-            plan["attention_norm"] = ReplicateParallel()
-            plan["ffn_norm"] = ReplicateParallel()
+            style = _ReplicateThenShardSeq() if sp else ReplicateParallel()
+        parallelize_module(embedding, tp_mesh, style, src_data_rank=src_data_rank)
+    for layer in decoder_layers(model, "parallel_config.model_parallel"):
+        plan = layer_plan(spec.tp_plan, sp, layer)
         for name, _ in layer.named_parameters():
             if not any(name.startswith(p + ".") for p in plan):
-                raise ConfigError(f"tensor parallel: no sharding rule for parameter {name} of a decoder layer")
+                raise ConfigError(
+                    f"parallel_config.model_parallel: the ModelSpec tp_plan of {type(model).__name__} has no "
+                    f"sharding rule for parameter {name} of a decoder layer"
+                )
         parallelize_module(layer, tp_mesh, plan, src_data_rank=src_data_rank)
-        attention = layer.attention
-        attention.n_heads //= tp  # the local head counts the module's view() and the KV cache use
-        attention.n_kv_heads //= tp
-    if base.norm_out is not None:
-        parallelize_module(
-            base.norm_out, tp_mesh, SequenceParallel() if sp else ReplicateParallel(), src_data_rank=src_data_rank
-        )
-    if getattr(model, "lm_head", None) is not None:
+        for path, attributes in spec.tp_divide.items():
+            module = layer.get_submodule(path)
+            for attribute in attributes:  # the local counts the module's view() and the KV cache use
+                setattr(module, attribute, getattr(module, attribute) // tp)
+    final_norm = submodule_or_none(model, spec.final_norm)
+    if final_norm is not None:
+        style = SequenceParallel() if sp else ReplicateParallel()
+        parallelize_module(final_norm, tp_mesh, style, src_data_rank=src_data_rank)
+    head = submodule_or_none(model, spec.head)
+    if head is not None:
         if vocab_parallel:
             style = ColwiseParallel(
                 input_layouts=seq if sp else Replicate(),
@@ -178,10 +211,9 @@ def apply_tensor_parallel(
             )
         else:
             style = ReplicateParallel()
-        parallelize_module(model.lm_head, tp_mesh, style, src_data_rank=src_data_rank)
-    if getattr(model.config, "tie_word_embeddings", False) and base.tok_embeddings is not None:
-        if getattr(model, "lm_head", None) is not None:
-            model.tie_weights()  # both were distributed alike (replicated, or split over the vocabulary)
+        parallelize_module(head, tp_mesh, style, src_data_rank=src_data_rank)
+    if getattr(model.config, "tie_word_embeddings", False) and embedding is not None and head is not None:
+        model.tie_weights()  # both were distributed alike (replicated, or split over the vocabulary)
     return model
 
 
@@ -201,8 +233,3 @@ class _ReplicateThenShardSeq(ReplicateParallel):
             return output.redistribute(mesh, (Shard(1),))
 
         return distribute_module(module, device_mesh, partition, input_fn, output_fn)
-
-
-def _layers(base: nn.Module):
-    layers = base.layers
-    return layers.values() if isinstance(layers, nn.ModuleDict) else layers

@@ -39,6 +39,7 @@ from torchformers.tools.register.build import (
     build_wrapper,
 )
 from torchformers.tools.register.config import ConfigError
+from torchformers.trainer.pipeline_step import parallel_train_step
 
 __all__ = [
     "BaseTrainer",
@@ -333,7 +334,7 @@ class BaseTrainer:
                           "device": device},
         )  # fmt: skip
         if plan is not None:
-            step_fn = plan.wrap_step(step_fn)
+            step_fn = parallel_train_step(plan, step_fn)
 
         micro = int(runner.get("batch_size") or 1)
         extra = list(callbacks or [])

@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from torchformers.errors import ConfigError, TrainingError
 from torchformers.tools.logger import logger
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
-from torchformers.tools.register.config import ConfigError
 
 __all__ = [
     "DynamicLossScaleUpdateCell",
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingError):
     """The training loss became NaN or Inf; the run stops before the optimizer applies it."""
 
 
