@@ -226,9 +226,9 @@ def load_adapters(model: nn.Module, path: str | Path) -> LoadReport:
     path = Path(path)
     if path.is_dir():
         path = path / ADAPTER_FILE
-    if not any(n.endswith((LORA_A, LORA_B)) for n, _ in model.named_parameters()):
+    if not any(_is_adapter(n) for n, _ in model.named_parameters()):
         raise ConfigError(f"load_adapters({path}): the model has no LoRA layers (apply pet_config first)")
-    state = {k: v for k, v in _rename_old(read_weights(path)).items() if k.endswith((LORA_A, LORA_B))}
+    state = {k: v for k, v in _rename_old(read_weights(path)).items() if _is_adapter(k)}
     return load_state_into(model, state, source=str(path), only=_is_adapter)
 
 
