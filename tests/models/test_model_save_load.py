@@ -107,3 +107,53 @@ def test_load_into_meta_model_and_predict_layout(tmp_path):
     ids = torch.randint(0, 64, (1, 8))
     with torch.no_grad():
         assert torch.equal(meta_model.eval()(ids), model(ids))
+
+
+def test_one_loader_fills_any_module_and_reports_names(tmp_path):
+    from torchformers.checkpoint.loader import LoadReport, load_state_into, load_weights, open_weights
+    from torchformers.errors import CheckpointError
+
+    assert CheckpointLoadError is CheckpointError  # the old name still catches the loader's errors
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    state = {k: torch.full_like(v, 0.5) for k, v in net.state_dict().items()}
+    path = tmp_path / "plain.safetensors"
+    save_checkpoint(state, path)
+    lazy = open_weights(path)
+    assert set(lazy) == set(state) and not isinstance(lazy, dict)  # safetensors are read per tensor
+    report = load_weights(net, path)
+    assert isinstance(report, LoadReport) and report.ok and report.source == str(path)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+    bad = {**state, "1.weight": torch.zeros(5, 4), "2.weight": torch.zeros(1)}
+    del bad["0.bias"]
+    save_checkpoint(bad, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError) as err:
+        load_weights(net, tmp_path / "bad.safetensors")
+    message = str(err.value)
+    assert "bad.safetensors" in message and "0.bias" in message and "2.weight" in message
+    assert "1.weight checkpoint [5, 4] vs model [2, 4]" in message
+    report = load_state_into(net, bad, strict=False)
+    assert report.missing == ["0.bias"] and report.unexpected == ["2.weight"] and len(report.mismatched) == 1
+
+    # only: fill a subset (e.g. adapters); model_is_part: a pipeline stage takes the names it holds
+    first = {k: v for k, v in state.items() if k.startswith("0.")}
+    assert load_state_into(net, first, only=lambda name: name.startswith("0.")).ok
+    stage = torch.nn.Sequential(torch.nn.Linear(3, 4))
+    assert load_weights(stage, path, model_is_part=True).ok
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_weights(stage, tmp_path / "nope")
+
+
+def test_one_loader_reads_folders_and_fills_tied_meta_models(tmp_path):
+    from torchformers.checkpoint.loader import read_weights
+
+    model = tiny(tie_word_embeddings=True)
+    model.save_pretrained(tmp_path, max_shard_size=20_000)
+    weights = read_weights(tmp_path)
+    assert "lm_head.weight" not in weights  # the tied copy is written once
+    with torch.device("meta"):
+        meta_model = LlamaForCausalLM(model.config)
+    report = meta_model.load_checkpoint(weights)
+    assert report.ok and not report.renamed_from_hf
+    assert meta_model.lm_head.weight is meta_model.model.tok_embeddings.embedding_weight
+    assert not any(p.is_meta for p in meta_model.parameters())

@@ -80,3 +80,23 @@ def test_lora_config_errors_name_the_key(tmp_path, wiki_parquet):
         get_pet_model(model, {**LORA, "target_modules": ".*nothing"})
     with pytest.raises(ConfigError, match="pet_config: unknown keys \\['rank'\\]"):
         get_pet_model(model, {**LORA, "rank": 4})
+
+
+def test_load_adapters_goes_through_the_one_loader(tmp_path):
+    from torchformers.errors import CheckpointError, ConfigError
+    from torchformers.pet import get_pet_model, load_adapters, save_adapters
+
+    def net(width: int) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.Linear(width, 2))
+
+    config = {"pet_type": "lora", "lora_rank": 2, "target_modules": r"0$"}
+    source = get_pet_model(net(4), config)
+    path = save_adapters(source, tmp_path)
+    target = get_pet_model(net(4), config)
+    report = load_adapters(target, tmp_path)
+    assert report.ok and report.source == str(path)
+    assert torch.equal(target[0].mindpet_delta_lora_a, source[0].mindpet_delta_lora_a)
+    with pytest.raises(CheckpointError, match="with a different shape"):
+        load_adapters(get_pet_model(net(5), config), path)
+    with pytest.raises(ConfigError, match="no LoRA layers"):
+        load_adapters(net(4), path)

@@ -113,3 +113,43 @@ def test_flops_per_token_counts_weight_gradients_only_for_trained_weights():
     adapters = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad)
     assert adapters == cfg.num_layers * 2 * 4 * (32 + 32)  # rank 4 on two 32x32 projections per layer
     assert flops_per_token(model) == 4 * n + 6 * adapters + attention
+
+
+def test_evaluation_needs_the_models_compute_loss():
+    from torchformers.errors import ConfigError
+    from torchformers.trainer import evaluate_loss
+
+    with pytest.raises(ConfigError, match="Linear has none"):
+        evaluate_loss(nn.Linear(2, 2), [], torch.device("cpu"))
+
+
+def test_run_context_lives_below_the_trainer():
+    from torchformers.parallel import context as lower
+    from torchformers.tools import context as mindformers_path
+
+    assert mindformers_path.build_context is lower.build_context
+    assert mindformers_path.resolve_device("CPU") == torch.device("cpu")
+
+
+def test_train_state_weights_leave_the_optimizer_out(tmp_path):
+    from torchformers.errors import CheckpointError
+    from torchformers.trainer.checkpointing import (
+        is_train_state_file,
+        load_train_state,
+        save_train_state,
+        weights_of_train_state,
+    )
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 3)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "t_rank_0-1_1.safetensors"
+    save_train_state(path, model, optimizer, {"step_num": 1})
+    assert is_train_state_file(path) and not is_train_state_file(tmp_path / "other.safetensors")
+    tensors = {"0.weight": torch.zeros(1), "adam_m.0.weight": torch.zeros(1), "optim_foo.0.weight": torch.zeros(1)}
+    assert list(weights_of_train_state(tensors)) == ["0.weight"]
+    assert load_train_state(path, nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), None)["step_num"] == 1
+    with pytest.raises(CheckpointError, match="with a different shape"):
+        load_train_state(path, nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2)), None)

@@ -1,70 +1,41 @@
 """`PretrainedModel`: the base class of every model (MindFormers `mindformers/models/modeling_utils.py`).
 
 It holds `config` and `generation_config`, saves and loads a folder (config + safetensors, sharded
-with a Hugging Face style `model.safetensors.index.json` when large), and loads checkpoints with a
-report of missing, unexpected and shape-mismatched parameter names. Checkpoints written with
-Hugging Face names are renamed through the model's key map (`hf_key_map`) on the fly.
+with a Hugging Face style `model.safetensors.index.json` when large), and loads weights through the
+one loader (`torchformers.checkpoint.loader.load_state_into`), which reports missing, unexpected and
+shape-mismatched parameter names and renames Hugging Face names through the model's `hf_key_map`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from torchformers.checkpoint import load_checkpoint as read_checkpoint
 from torchformers.checkpoint import save_checkpoint
+from torchformers.checkpoint.loader import (
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    LoadReport,
+    load_state_into,
+    load_weights,
+)
+from torchformers.errors import CheckpointError
 from torchformers.generation.generation_config import GenerationConfig
 from torchformers.generation.text_generator import GenerationMixin
 from torchformers.models.configuration_utils import PretrainedConfig
+from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 
 __all__ = ["CheckpointLoadError", "LoadReport", "PretrainedModel", "SAFE_WEIGHTS_INDEX_NAME", "SAFE_WEIGHTS_NAME"]
 
-logger = logging.getLogger(__name__)
 
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-
-
-class CheckpointLoadError(RuntimeError):
-    """A checkpoint's parameter names or shapes do not fit the model."""
-
-
-@dataclass
-class LoadReport:
-    """What `load_checkpoint` found: names are native (model) names."""
-
-    source: str
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, checkpoint, model)
-    renamed_from_hf: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def describe(self, limit: int = 20) -> str:
-        def names(items: list) -> str:
-            shown = ", ".join(map(str, items[:limit]))
-            return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-        parts = []
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing in the checkpoint: {names(self.missing)}")
-        if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected (not in the model): {names(self.unexpected)}")
-        if self.mismatched:
-            shapes = [f"{n} checkpoint {list(a)} vs model {list(b)}" for n, a, b in self.mismatched]
-            parts.append(f"{len(self.mismatched)} with a different shape: {names(shapes)}")
-        return "; ".join(parts)
+# the loader's error, under the name callers have caught since before the one error tree
+CheckpointLoadError = CheckpointError
 
 
 def _parse_size(size: int | str) -> int:
@@ -128,7 +99,7 @@ class PretrainedModel(nn.Module, GenerationMixin):
         weight is loaded. Models that support parallel predict must implement it."""
         raise NotImplementedError(f"{type(self).__name__} does not implement prepare_inputs_for_predict_layout")
 
-    # ------------------------------------------------------------------ checkpoint loading
+    # ------------------------------------------------------------------ weights loading
     def load_checkpoint(
         self,
         checkpoint: str | os.PathLike | dict[str, torch.Tensor] | PretrainedConfig | None = None,
@@ -141,7 +112,7 @@ class PretrainedModel(nn.Module, GenerationMixin):
         Native (MindFormers) names load as they are; Hugging Face names are renamed through
         `hf_key_map`. Missing, unexpected and shape-mismatched names raise `CheckpointLoadError`
         listing them, or, with `strict=False`, are logged as a warning and skipped.
-        A tied `lm_head.weight` may be absent. Returns a `LoadReport`.
+        A tied `lm_head.weight` may be absent. Returns a `LoadReport` (see `checkpoint.loader`).
         """
         if checkpoint is None or isinstance(checkpoint, PretrainedConfig):
             config = checkpoint or self.config
@@ -149,97 +120,8 @@ class PretrainedModel(nn.Module, GenerationMixin):
             if not checkpoint:
                 raise CheckpointLoadError("load_checkpoint: no path given and config.checkpoint_name_or_path is empty")
         if isinstance(checkpoint, dict):
-            source, state = "<state dict>", dict(checkpoint)
-        else:
-            source, state = str(checkpoint), self._read_weights(Path(checkpoint), allow_pickle)
-        state, renamed = self._to_native_names(state)
-        report = self._check_state(state, source)
-        report.renamed_from_hf = renamed
-        if not report.ok:
-            message = f"load_checkpoint({source}) into {type(self).__name__}: {report.describe()}"
-            if strict:
-                raise CheckpointLoadError(message + " (pass strict=False to load the matching tensors anyway)")
-            logger.warning(message)
-        bad = set(report.unexpected) | {n for n, _, _ in report.mismatched}
-        self._assign({k: v for k, v in state.items() if k not in bad})
-        return report
-
-    @staticmethod
-    def _read_weights(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-        if path.is_dir():
-            index = path / SAFE_WEIGHTS_INDEX_NAME
-            if index.is_file():
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-                state: dict[str, torch.Tensor] = {}
-                for shard in sorted(set(weight_map.values())):
-                    state.update(read_checkpoint(path / shard, allow_pickle=allow_pickle))
-                return state
-            if (path / SAFE_WEIGHTS_NAME).is_file():
-                return read_checkpoint(path / SAFE_WEIGHTS_NAME, allow_pickle=allow_pickle)
-            files = sorted(path.glob("*.safetensors"))
-            if not files:
-                raise CheckpointLoadError(f"load_checkpoint: no {SAFE_WEIGHTS_NAME}, index or .safetensors in {path}")
-            state = {}
-            for file in files:
-                state.update(read_checkpoint(file, allow_pickle=allow_pickle))
-            return state
-        if not path.exists():
-            raise CheckpointLoadError(f"load_checkpoint: {path} does not exist")
-        return read_checkpoint(path, allow_pickle=allow_pickle)
-
-    def _to_native_names(self, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
-        """Rename Hugging Face names through `hf_key_map` when the checkpoint uses them."""
-        key_map = self.hf_key_map
-        if key_map is None:
-            return state, False
-        own = set(self.state_dict())
-        # HF layout: some name is an external name that is not also a native name of this model
-        if not any(key_map.is_external(k) and k not in own for k in state):
-            return state, False
-        return {key_map.to_native(k) if key_map.is_external(k) else k: v for k, v in state.items()}, True
-
-    def _check_state(self, state: dict[str, torch.Tensor], source: str) -> LoadReport:
-        own = self.state_dict(keep_vars=True)
-        tied = set(self._tied_weights_keys) if getattr(self.config, "tie_word_embeddings", False) else set()
-        ignore_missing = [re.compile(p) for p in self._keys_to_ignore_on_load_missing]
-        ignore_unexpected = [re.compile(p) for p in self._keys_to_ignore_on_load_unexpected]
-        for key in [k for k in state if any(p.search(k) for p in ignore_unexpected)]:
-            del state[key]
-        report = LoadReport(source)
-        report.missing = [
-            k for k in own if k not in state and k not in tied and not any(p.search(k) for p in ignore_missing)
-        ]
-        report.unexpected = [k for k in state if k not in own]
-        report.mismatched = [
-            (k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape
-        ]
-        return report
-
-    @torch.no_grad()
-    def _assign(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.state_dict(keep_vars=True)
-        for name, value in state.items():
-            target = own[name]
-            if target.is_meta:  # a model built on the meta device: materialise from the checkpoint
-                module_name, _, attr = name.rpartition(".")
-                module = self.get_submodule(module_name)
-                new = value.to(target.dtype)
-                if isinstance(target, nn.Parameter):
-                    new = nn.Parameter(new, requires_grad=target.requires_grad)
-                setattr(module, attr, new)
-            else:
-                target.copy_(value)
-        if getattr(self.config, "tie_word_embeddings", False):
-            self._retie()
-        meta_buffers = any(b.is_meta for b in self.buffers())
-        if meta_buffers and not any(p.is_meta for p in self.parameters()) and hasattr(self, "init_buffers"):
-            self.init_buffers(next(self.parameters()).device)
-
-    def _retie(self) -> None:
-        """Re-establish tied weights after parameters were replaced (meta-device loading)."""
-        tie = getattr(self, "tie_weights", None)
-        if tie is not None:
-            tie()
+            return load_state_into(self, checkpoint, strict=strict)
+        return load_weights(self, checkpoint, strict=strict, allow_pickle=allow_pickle)
 
     # ------------------------------------------------------------------ folders
     def save_pretrained(
@@ -292,8 +174,6 @@ class PretrainedModel(nn.Module, GenerationMixin):
         `PretrainedModel` itself, the class is taken from the config's `architectures` through the
         MODELS registry. `kwargs` override config values.
         """
-        from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
-
         path = Path(pretrained_model_name_or_dir)
         if not path.is_dir():
             raise FileNotFoundError(f"from_pretrained: {path} is not a folder (expected config + safetensors)")

@@ -1,4 +1,4 @@
-"""Sharded training checkpoints with `torch.distributed.checkpoint` (DCP), resharded on load.
+"""Sharded train states with `torch.distributed.checkpoint` (DCP), resharded on load.
 
 MindFormers writes one sliced `.ckpt` per rank plus a strategy file and re-slices offline or with
 `auto_trans_ckpt` (spec §10.3). DCP stores each tensor's global shape and every shard's place in a
@@ -12,8 +12,11 @@ Layout under `<output_dir>/checkpoint/`:
   optimizer's state under their full parameter names;
 * `rank_<r>/<prefix>_rank_<r>-<epoch>_<step>.safetensors` + `.json` — MindFormers' per-rank files:
   the `.safetensors` file holds no tensors, only `sharded_checkpoint` in its metadata (the folder
-  above), and the `.json` the rank's resume information, as for single-device checkpoints; `meta.json`
+  above), and the `.json` the rank's resume information, as for single-device train states; `meta.json`
   names the last one, so `resume_training: True` finds it with any number of ranks.
+
+`load_weights_into` fills a sharded model from a DCP folder or from full weights (through the one
+loader, `torchformers.checkpoint.loader`).
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import save_file
 from torch import nn
 
-from torchformers.tools.register.config import ConfigError
+from torchformers.checkpoint.loader import LoadReport, dumps_metadata, load_weights
+from torchformers.errors import ConfigError
+from torchformers.utils import atomic_write_bytes
 
 __all__ = [
     "full_model_state",
@@ -42,6 +48,7 @@ SHARDED_KEY = "sharded_checkpoint"
 
 
 def is_distributed_model(model: nn.Module) -> bool:
+    # start-up time: torch.distributed.tensor loads the distributed stack
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters()) or (
@@ -57,6 +64,7 @@ def sharded_folder_for(path: Path) -> Path:
 
 
 def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    # start-up time: torch.distributed.checkpoint is loaded only by runs that use it
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     state = {"model": get_model_state_dict(model)}
@@ -68,17 +76,15 @@ def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
 def save_sharded_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                              info: dict) -> Path:  # fmt: skip
     """Every rank calls this with its own `path`; returns the shared DCP folder."""
+    # start-up time: torch.distributed.checkpoint is loaded only by runs that use it
     import torch.distributed.checkpoint as dcp
-    from safetensors.torch import save_file
-
-    from torchformers.trainer.checkpointing import _json_default, atomic_write_bytes
 
     path = Path(path)
     folder = sharded_folder_for(path)
     dcp.save(_state(model, optimizer), checkpoint_id=str(folder))
     path.parent.mkdir(parents=True, exist_ok=True)
     info = {**info, SHARDED_KEY: folder.name}
-    atomic_write_bytes(Path(f"{path}.json"), json.dumps(info, default=_json_default).encode())
+    atomic_write_bytes(Path(f"{path}.json"), dumps_metadata(info))
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({}, str(tmp), metadata={SHARDED_KEY: folder.name})
     tmp.replace(path)
@@ -99,6 +105,7 @@ def is_sharded_train_state(path) -> bool:
 
 def load_sharded_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
     """Load the DCP folder that `path` names into `model` / `optimizer` in their current layout."""
+    # start-up time: torch.distributed.checkpoint is loaded only by runs that use it
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
@@ -117,14 +124,20 @@ def load_sharded_train_state(path: Path, model: nn.Module, optimizer: torch.opti
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole tensors of the parameters this rank's pipeline stage holds, on CPU (a collective call)."""
+    # start-up time: torch.distributed.checkpoint is loaded only by runs that use it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_weights_into(model: nn.Module, checkpoint: str | Path) -> None:
-    """Fill a (sharded, materialised) model from a DCP folder, a training checkpoint that names one, or a
-    full single-file / Hugging Face checkpoint; each rank keeps only its shards."""
+def load_weights_into(model: nn.Module, checkpoint: str | Path) -> LoadReport | None:
+    """Fill a (sharded, materialised) model from a DCP folder, a train state that names one, or full
+    weights (a file or Hugging Face folder); each rank keeps only its shards.
+
+    Full weights go through the one loader (`load_state_into`), one tensor at a time (safetensors are
+    read lazily); a pipeline stage takes the names it holds. Returns its report (None for DCP).
+    """
+    # start-up time: torch.distributed.checkpoint is loaded only by runs that use it
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
@@ -135,55 +148,5 @@ def load_weights_into(model: nn.Module, checkpoint: str | Path) -> None:
         state = {"model": get_model_state_dict(model)}
         dcp.load(state, checkpoint_id=str(checkpoint), no_dist=not dist.is_initialized())
         set_model_state_dict(model, state["model"])
-        return
-    _load_full_into(model, checkpoint)
-
-
-def _load_full_into(model: nn.Module, path: Path) -> None:
-    """A full checkpoint into a sharded model, one tensor at a time (safetensors is read lazily)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    reader = _lazy_reader(path, model)
-    own = model.state_dict()
-    params = dict(model.named_parameters(remove_duplicate=False))
-    missing = []
-    with torch.no_grad():
-        for name, target in own.items():
-            tensor = reader(name)
-            if tensor is None:
-                tied = getattr(model, "_tied_weights_keys", None) or []
-                if name not in tied:
-                    missing.append(name)
-                continue
-            if tuple(tensor.shape) != tuple(target.shape):
-                raise ConfigError(
-                    f"checkpoint {path}: {name} has shape {tuple(tensor.shape)}, "
-                    f"the model expects {tuple(target.shape)}"
-                )
-            tensor = tensor.to(device=target.device, dtype=target.dtype)
-            if isinstance(target, DTensor):
-                tensor = distribute_tensor(tensor, target.device_mesh, target.placements, src_data_rank=None)
-                target.to_local().copy_(tensor.to_local())
-            else:
-                target.copy_(tensor)
-    if missing:
-        raise ConfigError(f"checkpoint {path} lacks weights {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    del params
-
-
-def _lazy_reader(path: Path, model: nn.Module):
-    """name -> full tensor or None. Safetensors files are opened lazily; other formats are read whole."""
-    if path.is_file() and path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        handle = safe_open(str(path), framework="pt")
-        keys = set(handle.keys())
-        return lambda name: handle.get_tensor(name) if name in keys else None
-    state = model._read_weights(path, False) if hasattr(model, "_read_weights") else None
-    if state is None:
-        from torchformers.checkpoint import load_checkpoint
-
-        state = load_checkpoint(path)
-    if hasattr(model, "_to_native_names"):
-        state, _ = model._to_native_names(state)
-    return state.get
+        return None
+    return load_weights(model, checkpoint, model_is_part=True)

@@ -9,8 +9,9 @@ target_modules: '.*wq|.*wk|.*wv|.*wo'}` replaces every `nn.Linear` whose module 
 'normal'), B at zero, so the wrapped model starts equal to the base one. Everything else is frozen
 (`freeze_exclude` patterns stay trainable).
 
-Adapters save and load on their own (`save_adapters` / `load_adapters`, safetensors with the LoRA
-config in the metadata); `merge_lora` folds `W + B A * scale` into plain `nn.Linear`s and
+Adapters save and load on their own (`save_adapters` / `load_adapters`: safetensors with the LoRA
+config in the metadata, loaded through the one weight loader `checkpoint.loader.load_state_into`);
+`merge_lora` folds `W + B A * scale` into plain `nn.Linear`s and
 `merge_lora_state_dict` does the same on checkpoint dicts without a model.
 """
 
@@ -23,10 +24,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
+from torchformers.checkpoint.loader import LoadReport, load_state_into, read_weights
+from torchformers.errors import ConfigError
 from torchformers.tools.logger import logger
-from torchformers.tools.register.config import ConfigError
 
 __all__ = [
     "LORA_A",
@@ -43,6 +46,7 @@ __all__ = [
 
 LORA_A = "mindpet_delta_lora_a"
 LORA_B = "mindpet_delta_lora_b"
+ADAPTER_FILE = "adapter_model.safetensors"  # what `save_adapters` writes into a folder
 _OLD_NAMES = {"tk_delta_lora_a": LORA_A, "tk_delta_lora_b": LORA_B}
 
 
@@ -194,11 +198,9 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapters(model: nn.Module, path: str | Path) -> Path:
     """Write only the adapter weights (safetensors), the LoRA config in the file's metadata."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
-        path = path / "adapter_model.safetensors"
+        path = path / ADAPTER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     config = getattr(model, "pet_config", None)
     metadata = {"pet_config": json.dumps(config.to_dict())} if config is not None else None
@@ -218,28 +220,20 @@ def _rename_old(state: dict) -> dict:
     return out
 
 
-def load_adapters(model: nn.Module, path: str | Path) -> None:
-    """Load adapter weights saved by `save_adapters` (or a full checkpoint: only its adapters are read)."""
-    from torchformers.trainer.checkpointing import read_weights
-
+def load_adapters(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load adapter weights saved by `save_adapters` (or a full checkpoint: only its adapters are read)
+    through the one loader; missing, unexpected or mis-shaped adapters raise `CheckpointError`."""
     path = Path(path)
     if path.is_dir():
-        path = path / "adapter_model.safetensors"
-    state = {k: v for k, v in _rename_old(read_weights(path)).items() if k.endswith((LORA_A, LORA_B))}
-    own = dict(model.named_parameters())
-    expected = {n for n in own if n.endswith((LORA_A, LORA_B))}
-    if not expected:
+        path = path / ADAPTER_FILE
+    if not any(_is_adapter(n) for n, _ in model.named_parameters()):
         raise ConfigError(f"load_adapters({path}): the model has no LoRA layers (apply pet_config first)")
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ConfigError(f"load_adapters({path}): missing {missing[:6]}, unexpected {unexpected[:6]}")
-    with torch.no_grad():
-        for name, tensor in state.items():
-            if own[name].shape != tensor.shape:
-                raise ConfigError(
-                    f"load_adapters({path}): {name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}"
-                )
-            own[name].copy_(tensor)
+    state = {k: v for k, v in _rename_old(read_weights(path)).items() if _is_adapter(k)}
+    return load_state_into(model, state, source=str(path), only=_is_adapter)
+
+
+def _is_adapter(name: str) -> bool:
+    return name.endswith((LORA_A, LORA_B))
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

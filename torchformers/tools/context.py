@@ -1,59 +1,9 @@
-"""The run context: device, seed, output folder and (under torchrun) the process group.
+"""The run context at MindFormers' module path (`mindformers/core/context`): a re-export.
 
-MindFormers' `build_context` sets MindSpore's context from the YAML `context` block; here the same
-block picks the torch device: `device_target` CPU or GPU (None: GPU when one is available),
-`device_id` the GPU index (under torchrun, LOCAL_RANK wins). Ascend is refused with a clear message.
+The machinery lives in `torchformers.parallel.context`, below the trainer, so that the trainer and the
+launcher share it without an upward import.
 """
 
-from __future__ import annotations
+from torchformers.parallel.context import build_context, resolve_device, set_seed
 
-import os
-import random
-
-import numpy as np
-import torch
-
-from torchformers.tools.logger import logger, set_log_dir
-from torchformers.tools.register.config import ConfigError
-
-__all__ = ["build_context", "resolve_device"]
-
-
-def resolve_device(device_target: str | None, device_id: int | None = None) -> torch.device:
-    target = (device_target or ("GPU" if torch.cuda.is_available() else "CPU")).upper()
-    if target == "CPU":
-        return torch.device("cpu")
-    if target in ("GPU", "CUDA"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "context.device_target is GPU but torch sees no CUDA device; use CPU or a CUDA build of torch"
-            )
-        index = int(os.environ.get("LOCAL_RANK", device_id or 0))
-        return torch.device("cuda", index)
-    raise ConfigError(f"context.device_target {device_target!r} is not supported; expected CPU or GPU")
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_context(config) -> torch.device:
-    """Set up device, seed and logging for a run; returns the device and stores it as `config.device`."""
-    context = config.get("context") or {}
-    device = resolve_device(context.get("device_target"), context.get("device_id"))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if config.get("seed") is not None:
-        set_seed(int(config.seed))
-    if config.get("use_parallel"):
-        from torchformers.parallel import init_distributed
-
-        init_distributed(device)
-    output_dir = config.get("output_dir") or "./output"
-    os.environ["LOCAL_DEFAULT_PATH"] = str(output_dir)
-    log_file = set_log_dir(output_dir)
-    logger.info("run_mode %s on %s; log %s", config.get("run_mode"), device, log_file)
-    object.__setattr__(config, "device", device)
-    return device
+__all__ = ["build_context", "resolve_device", "set_seed"]

@@ -6,15 +6,18 @@ model_name: ...}`) and runs a run mode with the whole config:
 batch_size=...)` (MindFormers `mindformers/trainer/base_trainer.py` and
 `causal_language_modeling/causal_language_modeling.py`).
 
-`training_process` follows MindFormers' order: data set, resume checkpoint, network (with LoRA from
-`model_config.pet_config` and activation checkpointing from `recompute_config.recompute`), optimizer
-with weight-decay groups and the LR schedule (`total_steps: -1` from the data), `runner_wrapper`,
-callbacks, then the loop (`train_loop.py`). `runner_config.batch_size` is the per-rank micro-batch;
+`training_process` follows MindFormers' order, one named step each: the resume point (a train state),
+data set, network (`_training_network`: sharded on the meta device from weights, from `load_checkpoint`,
+or bare for a resume; LoRA from `model_config.pet_config`), parallelism and activation checkpointing
+(`_parallelise`), optimizer with weight-decay groups and the LR schedule (`total_steps: -1` from the
+data), `runner_wrapper`, callbacks, the loop (`train_loop.py`), then the LoRA adapters. Weights load
+through the one loader, `torchformers.checkpoint.loader`. `runner_config.batch_size` is the per-rank micro-batch;
 `gradient_accumulation_steps` micro-batches make one optimizer step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -25,8 +28,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from torchformers.checkpoint.loader import load_state_into, load_weights
+from torchformers.errors import ConfigError
+from torchformers.generation import prepare_for_cpu_inference
+from torchformers.parallel import parallel_dims_from_config, parallelize_model
 from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
-from torchformers.tools.logger import get_rank, logger
+from torchformers.parallel.parallelize import ParallelPlan, build_parallel_model
+from torchformers.pet import get_pet_model, is_lora_config, save_adapters
+from torchformers.pet.lora import LORA_A
+from torchformers.pipeline import pipeline
+from torchformers.tools.logger import logger
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 from torchformers.tools.register.build import (
     build_callback,
@@ -38,8 +49,18 @@ from torchformers.tools.register.build import (
     build_tokenizer,
     build_wrapper,
 )
-from torchformers.tools.register.config import ConfigError
+from torchformers.trainer.callbacks import Callback, EvalCallBack, MetricsWriter, TensorBoardWriter
+from torchformers.trainer.checkpointing import (
+    find_resume_checkpoint,
+    is_train_state_file,
+    read_weights,
+    weights_of_train_state,
+)
+from torchformers.trainer.optimizer import get_optimizer_grouped_parameters
 from torchformers.trainer.pipeline_step import parallel_train_step
+from torchformers.trainer.train_loop import TrainLoop
+from torchformers.trainer.wrapper import batch_to_inputs
+from torchformers.utils import get_rank, to_dtype
 
 __all__ = [
     "BaseTrainer",
@@ -79,47 +100,30 @@ def write_results(results: list, save_file: str | None) -> Path:
     return path
 
 
-def _dtype(value) -> torch.dtype | None:
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    return {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-            "float32": torch.float32, "fp32": torch.float32}.get(str(value).lower())  # fmt: skip
-
-
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, dataset, device: torch.device, autocast_dtype=None, max_batches=None) -> dict:
-    """Token-weighted mean cross-entropy and perplexity over `dataset` (samples of seq_length + 1 tokens)."""
-    from torchformers.trainer.wrapper import batch_to_inputs
+    """Token-weighted mean cross-entropy and perplexity over `dataset` (samples of seq_length + 1 tokens).
 
+    The model's own `compute_loss(..., reduction="none")` decides which tokens are scored, as in training.
+    """
+    if not callable(getattr(model, "compute_loss", None)):
+        raise ConfigError(
+            f"evaluation needs a model with compute_loss(input_ids, labels, loss_mask=..., reduction='none'); "
+            f"{type(model).__name__} has none"
+        )
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    config = getattr(model, "config", None)
-    pad = getattr(config, "pad_token_id", None)
-    ignore = getattr(config, "ignore_token_id", -100)
     try:
         for i, batch in enumerate(dataset):
             if max_batches is not None and i >= max_batches:
                 break
             inputs = batch_to_inputs(batch, device)
             ids = inputs["input_ids"]
-            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else _null():
-                if hasattr(model, "compute_loss"):
-                    per_token, mask = model.compute_loss(
-                        ids, inputs.get("labels"), loss_mask=inputs.get("loss_mask"), reduction="none"
-                    )
-                else:  # the contract: eval mode returns logits (B, T, vocab)
-                    logits = model(ids[:, :-1]).float()
-                    targets = inputs.get("labels", ids)[:, 1:].long()
-                    mask = targets != ignore
-                    if pad is not None:
-                        mask &= ids[:, :-1] != pad
-                    per_token = (
-                        torch.nn.functional.cross_entropy(
-                            logits.flatten(0, 1), targets.masked_fill(~mask, 0).flatten(), reduction="none"
-                        ).view_as(mask)
-                        * mask
-                    )
+            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+                per_token, mask = model.compute_loss(
+                    ids, inputs.get("labels"), loss_mask=inputs.get("loss_mask"), reduction="none"
+                )
             total += float(per_token.float().sum())
             count += int(mask.sum())
     finally:
@@ -130,30 +134,20 @@ def evaluate_loss(model: nn.Module, dataset, device: torch.device, autocast_dtyp
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}
 
 
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
 def _parallel_dims(config):
     """`ParallelDims` of a distributed run (`use_parallel` under torchrun), else None."""
     if not (config.get("use_parallel") and torch.distributed.is_initialized()):
         return None
-    from torchformers.parallel import parallel_dims_from_config
-
     return parallel_dims_from_config(config)
 
 
-def _meta_buildable(config, checkpoint) -> bool:
-    """A full weights file (not a training state, no LoRA to wrap first) can fill a meta-built sharded model."""
-    from torchformers.pet import is_lora_config
-
-    return not is_lora_config(config.get_value("model.model_config.pet_config")) and not _is_train_state(checkpoint)
+def _weights_fill_meta_model(config, weights) -> bool:
+    """Full weights (not a train state, no LoRA to wrap first) can fill a model built sharded on the meta device."""
+    return not is_lora_config(config.get_value("model.model_config.pet_config")) and not is_train_state_file(weights)
 
 
-def _is_train_state(path) -> bool:
-    return isinstance(path, (str, Path)) and Path(path).is_file() and Path(f"{path}.json").is_file()
+def _compute_dtype(network: nn.Module) -> torch.dtype | None:
+    return to_dtype(getattr(getattr(network, "config", None), "compute_dtype", None), "model_config.compute_dtype")
 
 
 class BaseTrainer:
@@ -176,9 +170,9 @@ class BaseTrainer:
         raise ConfigError(f"{config.source_file}: predict needs a 'processor.tokenizer' block to turn text into ids")
 
     def build_network(self, config, checkpoint: str | None = None):
-        """Build the model from `model:`, load `checkpoint` (or `load_checkpoint`), apply `pet_config`."""
-        import torchformers.models  # noqa: F401  (registers the library's models)
-        from torchformers.pet import get_pet_model, is_lora_config
+        """Build the model from `model:`, load weights or a train state from `checkpoint` (else
+        `load_checkpoint`, else `checkpoint_name_or_path`) through the one loader, apply `pet_config`."""
+        import torchformers.models  # noqa: F401  (start-up time: registers the library's models when first needed)
 
         if not isinstance(config.get("model"), Mapping):
             raise ConfigError(f"{config.source_file}: the config has no 'model' section")
@@ -191,22 +185,14 @@ class BaseTrainer:
         pet_config = config.get_value("model.model_config.pet_config")
         lora = is_lora_config(pet_config)
         if checkpoint:
-            from torchformers.pet.lora import LORA_A
-            from torchformers.trainer.checkpointing import OPTIM_PREFIX, load_model_state, read_weights
-
-            if _is_train_state(checkpoint) or Path(checkpoint).suffix in (".safetensors", ".ckpt"):
-                state = read_weights(checkpoint)
-                prefixes = tuple(f"{p}." for p in OPTIM_PREFIX.values()) + ("optim_",)
-                state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+            if is_train_state_file(checkpoint) or Path(checkpoint).suffix in (".safetensors", ".ckpt"):
+                state = weights_of_train_state(read_weights(checkpoint))
                 if lora and any(k.endswith(LORA_A) for k in state):
                     get_pet_model(model, pet_config)  # adapters are in the file: wrap first, then load all
                     lora = False
-                if hasattr(model, "load_checkpoint") and not hasattr(model, "pet_config"):
-                    model.load_checkpoint(state)
-                else:
-                    load_model_state(model, state, str(checkpoint))
+                load_state_into(model, state, source=str(checkpoint))
             else:
-                model.load_checkpoint(checkpoint)
+                load_weights(model, checkpoint)
             logger.info("loaded checkpoint %s", checkpoint)
         elif config.run_mode in ("finetune", "eval", "predict"):
             logger.warning("no checkpoint given (load_checkpoint): the model has random weights")
@@ -239,8 +225,6 @@ class BaseTrainer:
         return build_dataset(task)
 
     def build_callbacks(self, config, extra: list | None = None) -> list:
-        from torchformers.trainer.callbacks import Callback
-
         callbacks = []
         for entry in list(config.get("callbacks") or []) + list(extra or []):
             cb = entry if isinstance(entry, Callback) else build_callback(entry)
@@ -264,60 +248,106 @@ class BaseTrainer:
         eval_dataset=None,
         **kwargs,
     ):
-        """Train as the config says; returns the loop's final `RunContext`."""
-        from torchformers.trainer.callbacks import EvalCallBack, MetricsWriter, TensorBoardWriter
-        from torchformers.trainer.checkpointing import find_resume_checkpoint
-        from torchformers.trainer.train_loop import TrainLoop
+        """Train as the config says; returns the loop's final `RunContext`.
 
+        The steps, in MindFormers' order: resume point, data, network, parallelism, optimizer and LR
+        schedule, train-step wrapper, callbacks, the loop, then the LoRA adapters.
+        """
         device = getattr(config, "device", None) or torch.device("cpu")
         output_dir = config.get("output_dir") or "./output"
-        rank = int(os.environ.get("RANK", "0"))
+        rank = get_rank()
         runner = config.get("runner_config") or {}
         gas = int(runner.get("gradient_accumulation_steps") or 1)
         if gas < 1:
             raise ConfigError(f"runner_config.gradient_accumulation_steps must be >= 1, got {gas}")
-        resume = config.get("resume_training")
-        resume_path = find_resume_checkpoint(output_dir, resume, rank) if resume else None
-        if resume and resume_path is None and isinstance(config.get("load_checkpoint"), str):
-            if _is_train_state(config.load_checkpoint):
-                resume_path = Path(config.load_checkpoint)
-
+        resume_path = self._resume_point(config, output_dir, rank)
         dataset = dataset if dataset is not None else self.build_dataset(config, "train_dataset")
         recompute = bool(config.get_value("recompute_config.recompute"))
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         dims, plan = _parallel_dims(config), None
-        checkpoint = None if resume_path is not None else (config.get("load_checkpoint") or None)
-        if network is None and dims is not None and checkpoint and _meta_buildable(config, checkpoint):
-            # start from weights: build on the meta device, shard, then load only this rank's shards,
-            # so no rank ever holds the whole model
-            from torchformers.parallel.parallelize import build_parallel_model
-
-            network, plan = build_parallel_model(
-                config.model, dims, device, training=True, recompute=recompute, checkpoint=checkpoint
-            )
-            logger.info("built sharded on the meta device, weights from %s", checkpoint)
-        elif network is None:
-            # a resumed run reads its weights from the resume checkpoint, not from load_checkpoint
-            network = self.build_network(config, checkpoint=None) if resume_path is None else self._bare(config)
+        if network is None:
+            network, plan = self._training_network(config, dims, device, resume_path, recompute)
         network.to(device)
-        if dims is not None:  # TP -> recompute -> FSDP2 (and the pipeline stage) from parallel_config
-            if plan is None:
-                from torchformers.parallel import parallelize_model
+        train_model, plan, world = self._parallelise(network, plan, dims, device, recompute)
+        optimizer, lr_schedule = self._optimizer_and_schedule(config, network, optimizer)
+        step_fn = self._train_step(config, network, train_model, optimizer, device, plan)
+        cbs = self._training_callbacks(config, callbacks, network, eval_dataset, device, step_fn)
+        loop = TrainLoop(
+            train_model,
+            optimizer,
+            lr_schedule,
+            dataset,
+            step_fn,
+            epochs=int(runner.get("epochs") or 1),
+            gradient_accumulation_steps=gas,
+            stop_step=int(runner.get("stop_step") or 0),
+            callbacks=cbs,
+            output_dir=output_dir,
+            rank=rank,
+            device=device,
+            global_batch_size=int(runner.get("batch_size") or 1) * gas * world,
+        )
+        loop.model = network  # train states hold the bare model's names
+        ctx = loop.run(resume_path)
+        self.network, self.optimizer, self.loop = network, optimizer, loop
+        if rank == 0:
+            self._save_adapters(network, output_dir)
+        logger.info("training finished at global step %d, loss %.4f", ctx.global_step, ctx.loss)
+        return ctx
 
+    # -- the steps of training_process -------------------------------------------------------------
+    @staticmethod
+    def _resume_point(config, output_dir: str, rank: int) -> Path | None:
+        """The train state to resume from: `resume_training` (True: the last one under `output_dir`, a
+        name: that file), or `load_checkpoint` when it names a train state and none was found."""
+        resume = config.get("resume_training")
+        if not resume:
+            return None
+        resume_path = find_resume_checkpoint(output_dir, resume, rank)
+        load = config.get("load_checkpoint")
+        if resume_path is None and isinstance(load, str) and is_train_state_file(load):
+            resume_path = Path(load)
+        return resume_path
+
+    def _training_network(
+        self, config, dims, device: torch.device, resume_path: Path | None, recompute: bool
+    ) -> tuple[nn.Module, ParallelPlan | None]:
+        """The network, built one of three ways: sharded on the meta device and filled from full weights
+        (no rank holds the whole model), from `load_checkpoint`, or bare when a train state will fill it."""
+        weights = None if resume_path is not None else (config.get("load_checkpoint") or None)
+        if dims is not None and weights and _weights_fill_meta_model(config, weights):
+            network, plan = build_parallel_model(
+                config.model, dims, device, training=True, recompute=recompute, checkpoint=weights
+            )
+            logger.info("built sharded on the meta device, weights from %s", weights)
+            return network, plan
+        # a resumed run reads its weights from the resume train state, not from load_checkpoint
+        return (self.build_network(config, checkpoint=None) if resume_path is None else self._bare(config)), None
+
+    @staticmethod
+    def _parallelise(
+        network: nn.Module, plan: ParallelPlan | None, dims, device: torch.device, recompute: bool
+    ) -> tuple[nn.Module, ParallelPlan | None, int]:
+        """`(model to train, plan, data-parallel size)`: TP -> recompute -> FSDP2 (and the pipeline stage)
+        from `parallel_config`, or plain DDP for a process group without `use_parallel`."""
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if dims is not None:
+            if plan is None:
                 plan = parallelize_model(network, dims, device, recompute=recompute)
             world = dims.dp  # the global batch counts data-parallel ranks only
         elif recompute:
             logger.info("activation checkpointing on %d layers", apply_activation_checkpointing(network))
         train_model = network
-        if plan is None and world > 1:  # a process group without use_parallel: plain data parallelism
+        if plan is None and world > 1:
             train_model = nn.parallel.DistributedDataParallel(network)
+        return train_model, plan, world
 
+    @staticmethod
+    def _optimizer_and_schedule(config, network: nn.Module, optimizer: torch.optim.Optimizer | None):
+        """`(optimizer, lr_schedule)`: `optimizer:` over weight-decay groups, its rate from `lr_schedule:`."""
         lr_cfg = config.get("lr_schedule")
         lr_schedule = build_lr(lr_cfg) if isinstance(lr_cfg, Mapping) else None
         if optimizer is None:
             optim_cfg = dict(config.get("optimizer") or {"type": "AdamW"})
-            from torchformers.trainer.optimizer import get_optimizer_grouped_parameters
-
             groups = get_optimizer_grouped_parameters(network, float(optim_cfg.pop("weight_decay", 0.0) or 0.0))
             default = {"params": groups}
             if lr_schedule is not None:
@@ -325,18 +355,23 @@ class BaseTrainer:
             optimizer = build_optim(optim_cfg, default_args=default)
         if lr_schedule is None:
             lr_schedule = getattr(optimizer, "lr_schedule", None)
+        return optimizer, lr_schedule
 
-        compute_dtype = _dtype(getattr(getattr(network, "config", None), "compute_dtype", None))
+    @staticmethod
+    def _train_step(config, network, train_model, optimizer, device: torch.device, plan: ParallelPlan | None):
+        """The `runner_wrapper` step function (pipelined by the plan when there is one)."""
         wrapper_cfg = dict(config.get("runner_wrapper") or {"type": "MFTrainOneStepCell"})
         step_fn = build_wrapper(
             wrapper_cfg,
-            default_args={"network": train_model, "optimizer": optimizer, "compute_dtype": compute_dtype,
+            default_args={"network": train_model, "optimizer": optimizer, "compute_dtype": _compute_dtype(network),
                           "device": device},
         )  # fmt: skip
         if plan is not None:
             step_fn = parallel_train_step(plan, step_fn)
+        return step_fn
 
-        micro = int(runner.get("batch_size") or 1)
+    def _training_callbacks(self, config, callbacks, network, eval_dataset, device: torch.device, step_fn) -> list:
+        """The given callbacks, evaluation with `do_eval`, the YAML `callbacks:`, then the metric writers."""
         extra = list(callbacks or [])
         if config.get("do_eval"):
             eval_data = eval_dataset if eval_dataset is not None else self.build_dataset(config, "eval_dataset")
@@ -351,36 +386,18 @@ class BaseTrainer:
         if TensorBoardWriter.available():
             cbs.append(TensorBoardWriter())
         cbs.append(MetricsWriter())
-        loop = TrainLoop(
-            train_model,
-            optimizer,
-            lr_schedule,
-            dataset,
-            step_fn,
-            epochs=int(runner.get("epochs") or 1),
-            gradient_accumulation_steps=gas,
-            stop_step=int(runner.get("stop_step") or 0),
-            callbacks=cbs,
-            output_dir=output_dir,
-            rank=rank,
-            device=device,
-            global_batch_size=micro * gas * world,
-        )
-        loop.model = network  # checkpoints hold the bare model's names
-        ctx = loop.run(resume_path)
-        self.network, self.optimizer, self.loop = network, optimizer, loop
-        if getattr(network, "pet_config", None) is not None and rank == 0:
-            from torchformers.pet import save_adapters
+        return cbs
 
+    @staticmethod
+    def _save_adapters(network: nn.Module, output_dir: str) -> None:
+        """A LoRA run also writes its adapters alone, to `<output_dir>/adapter/`."""
+        if getattr(network, "pet_config", None) is not None:
             path = save_adapters(network, Path(output_dir) / "adapter")
             logger.info("LoRA adapters saved to %s", path)
-        logger.info("training finished at global step %d, loss %.4f", ctx.global_step, ctx.loss)
-        return ctx
 
     def _bare(self, config):
-        """The network without loading `load_checkpoint` (its weights come from the resume checkpoint)."""
-        import torchformers.models  # noqa: F401
-        from torchformers.pet import get_pet_model, is_lora_config
+        """The network without loading `load_checkpoint` (its weights come from the resume train state)."""
+        import torchformers.models  # noqa: F401  (start-up time: registers the library's models when first needed)
 
         model = build_model(config.model)
         pet_config = config.get_value("model.model_config.pet_config")
@@ -396,7 +413,7 @@ class BaseTrainer:
             network = self.build_network(config, checkpoint=checkpoint)
         network.to(device)
         dataset = dataset if dataset is not None else self.build_dataset(config, "eval_dataset")
-        compute_dtype = _dtype(getattr(getattr(network, "config", None), "compute_dtype", None))
+        compute_dtype = _compute_dtype(network)
         param_dtype = next(network.parameters()).dtype
         autocast = (
             compute_dtype if compute_dtype in (torch.bfloat16, torch.float16) and compute_dtype != param_dtype else None
@@ -417,25 +434,17 @@ class CausalLanguageModelingTrainer(BaseTrainer):
     def _build_predict_network(self, config):
         """The model for predict: sharded with `parallel_config` under torchrun with `use_parallel`
         (built on the meta device, so no rank holds the whole model), else a plain single-device model."""
-        import torch.distributed as dist
-
+        dist = torch.distributed
         if not (config.get("use_parallel") and dist.is_initialized() and dist.get_world_size() > 1):
-            from torchformers.generation import prepare_for_cpu_inference
-
             # fp32 on CPU: weights prepacked for oneDNN, about 1.8x faster decoding (docs/performance_tuning.md);
             # any other model is returned as it is
             return prepare_for_cpu_inference(self.build_network(config))
-        from torchformers.parallel.mesh import parallel_dims_from_config
-        from torchformers.parallel.parallelize import build_parallel_model
-
         dims = parallel_dims_from_config(config)
         checkpoint = config.get("load_checkpoint") or None
         model, _ = build_parallel_model(config.model, dims, config.device, checkpoint=checkpoint)
         return model
 
     def predict(self, config, input_data=None, batch_size=None, network=None, tokenizer=None, **kwargs):
-        from torchformers.pipeline import pipeline
-
         prompts = read_prompts(input_data if input_data is not None else config.get("input_data"))
         tokenizer = tokenizer or self.build_tokenizer(config)
         model = network or self._build_predict_network(config)

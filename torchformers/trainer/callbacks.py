@@ -26,7 +26,8 @@ import torch
 from torchformers.tools.logger import logger
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 from torchformers.tools.register.config import ConfigError
-from torchformers.trainer.checkpointing import atomic_write_bytes, checkpoint_dir
+from torchformers.trainer.checkpointing import checkpoint_dir
+from torchformers.utils import atomic_write_bytes
 
 __all__ = [
     "Callback",

@@ -1,4 +1,9 @@
-"""Training-state checkpoints: MindFormers' layout, written atomically, read back for exact resume.
+"""Train states (one process's training checkpoint): MindFormers' layout, written atomically, read back
+for exact resume.
+
+A train state is the weights plus the optimizer moments in one tensors file and the loop position in
+`<file>.json`; weights alone are read and loaded by `torchformers.checkpoint.loader`, sharded train
+states by `torchformers.parallel.checkpoint`, LoRA adapters by `torchformers.pet.lora`.
 
 Layout (MindFormers `CheckpointMonitor`, spec §9.3):
 `<output_dir>/checkpoint/rank_<r>/<prefix>_rank_<r>-<epoch>_<step>.<safetensors|ckpt>` holds the
@@ -26,23 +31,30 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchformers import checkpoint as checkpoint_formats
+from torchformers.checkpoint.loader import dumps_metadata, load_state_into, read_weights
+from torchformers.errors import ConfigError
 from torchformers.tools.logger import logger
-from torchformers.tools.register.config import ConfigError
+from torchformers.utils import atomic_write_bytes
 
 __all__ = [
     "atomic_write_bytes",
     "checkpoint_dir",
     "find_resume_checkpoint",
     "get_rng_state",
+    "is_train_state_file",
     "load_train_state",
     "model_state_to_save",
     "read_weights",
     "save_train_state",
     "set_rng_state",
+    "weights_of_train_state",
 ]
 
 OPTIM_PREFIX = {"exp_avg": "adam_m", "exp_avg_sq": "adam_v", "step": "adam_step", "max_exp_avg_sq": "adam_vmax"}
 _PREFIX_TO_KEY = {v: k for k, v in OPTIM_PREFIX.items()}
+# optimizer tensors are `<prefix>.<parameter name>`; other optimizer states are saved as `optim_<key>.<name>`
+_OPTIM_NAME_PREFIXES = (*(f"{p}." for p in _PREFIX_TO_KEY), "optim_")
 
 
 def checkpoint_dir(output_dir: str | Path, rank: int = 0, kind: str = "checkpoint") -> Path:
@@ -75,35 +87,18 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from torchformers.checkpoint import save_checkpoint
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        save_checkpoint(tensors, tmp)
+        # looked up on the package at call time, so a replaced writer (fault-injection tests) takes effect
+        checkpoint_formats.save_checkpoint(tensors, tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
-
-
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    from torchformers.checkpoint import load_checkpoint
-
-    return load_checkpoint(path)
 
 
 def model_state_to_save(model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
@@ -121,25 +116,6 @@ def model_state_to_save(model: nn.Module, trainable_only: bool = False) -> dict[
             seen.add(key)
         out[name] = tensor.detach().to("cpu").contiguous()
     return out
-
-
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy matching tensors into `model`; names missing from `state` must be tied aliases of present ones."""
-    own = model.state_dict()
-    params = dict(model.named_parameters(remove_duplicate=False))
-    present = {id(params[n]) for n in state if n in params}
-    missing = [n for n in own if n not in state and not (n in params and id(params[n]) in present)]
-    if missing:
-        raise ConfigError(f"checkpoint {source} lacks weights {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    with torch.no_grad():
-        for name, tensor in state.items():
-            if name in own:
-                if own[name].shape != tensor.shape:
-                    raise ConfigError(
-                        f"checkpoint {source}: {name} has shape {tuple(tensor.shape)}, "
-                        f"the model expects {tuple(own[name].shape)}"
-                    )
-                own[name].copy_(tensor)
 
 
 # ------------------------------------------------------------------------------------------ RNG
@@ -186,6 +162,16 @@ def _optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tu
     return tensors, groups
 
 
+def is_train_state_file(path: str | Path | None) -> bool:
+    """A train state: a tensors file with its resume information `<file>.json` next to it."""
+    return isinstance(path, (str, Path)) and Path(path).is_file() and Path(f"{path}.json").is_file()
+
+
+def weights_of_train_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model weights of a train state's tensors (the optimizer moments left out)."""
+    return {k: v for k, v in tensors.items() if not k.startswith(_OPTIM_NAME_PREFIXES)}
+
+
 def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, info: dict) -> None:
     """Write weights + optimizer state to `path` and `info` (JSON) to `path + .json`, both atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,30 +180,20 @@ def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
         optim_tensors, groups = _optimizer_tensors(model, optimizer)
         tensors.update(optim_tensors)
         info = {**info, "optimizer_param_groups": groups}
-    atomic_write_bytes(Path(str(path) + ".json"), json.dumps(info, default=_json_default).encode())
+    atomic_write_bytes(Path(str(path) + ".json"), dumps_metadata(info))
+    _fsync_dir(path.parent)
     atomic_save_tensors(tensors, path)
 
 
-def _json_default(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in checkpoint metadata")
-
-
 def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
-    """Restore weights (and optimizer state) from `path`; returns its resume information."""
+    """Restore weights (through the one loader, strict) and optimizer state from the train state `path`;
+    returns its resume information."""
     info_path = Path(str(path) + ".json")
     if not info_path.is_file():
         raise ConfigError(f"resume checkpoint {path} has no resume information {info_path.name} next to it")
     info = json.loads(info_path.read_text(encoding="utf-8"))
     tensors = read_weights(path)
-    weights = {k: v for k, v in tensors.items() if k.split(".", 1)[0] not in _PREFIX_TO_KEY and "." in k}
-    weights = {k: v for k, v in weights.items() if not k.startswith("optim_")}
-    load_model_state(model, weights, str(path))
+    load_state_into(model, weights_of_train_state(tensors), source=str(path))
     if optimizer is not None:
         names = {id(p): n for n, p in model.named_parameters()}
         state: dict[int, dict] = {}

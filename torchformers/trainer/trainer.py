@@ -16,8 +16,10 @@ from pathlib import Path
 
 from torch import nn
 
+from torchformers.errors import ConfigError
+from torchformers.parallel.context import build_context
 from torchformers.tools.register.build import build_trainer
-from torchformers.tools.register.config import ConfigError, MindFormerConfig
+from torchformers.tools.register.config import MindFormerConfig
 from torchformers.tools.register.template import apply_template
 
 __all__ = ["Trainer"]
@@ -44,8 +46,6 @@ class Trainer:
         save_config: bool = False,
         reset_model: bool = False,
     ) -> None:
-        from torchformers.tools.context import build_context
-
         self.config = self._make_config(args)
         if isinstance(model, str):
             raise ConfigError(f"Trainer(model={model!r}): model names need a bundled YAML; pass args=<yaml path>")
