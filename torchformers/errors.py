@@ -85,6 +85,8 @@ class TrainingError(TorchformersError, RuntimeError):
 def run_cli(main, *args, errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run `main(*args)`; a `TorchformersError` (or one of `errors`) becomes one line on stderr and exit 2.
 
+    Returns `main`'s result when it is an exit status (an int), else 0.
+
     `TORCHFORMERS_DEBUG=1` re-raises instead, to show the traceback.
     """
     import sys
@@ -98,4 +100,4 @@ def run_cli(main, *args, errors: tuple[type[BaseException], ...] = ()) -> int:
         print(f"error: {message}", file=sys.stderr)
         print("(set TORCHFORMERS_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 2
-    return int(result or 0)
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
