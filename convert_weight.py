@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reversed", action="store_true", help="native -> Hugging Face")
     parser.add_argument("--input_path", required=True)
     parser.add_argument("--output_path", required=True)
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="cast floating-point weights")
+    parser.add_argument(
+        "--dtype", default=None, choices=sorted(DTYPES), metavar="{fp32,fp16,bf16}", help="cast floating-point weights"
+    )
     parser.add_argument("--qkv_concat", type=str2bool, default=False, help="fused w_qkv layout (not supported)")
     parser.add_argument("--allow_pickle", action="store_true", help="let a trusted .bin/.pt holding objects load")
     return parser

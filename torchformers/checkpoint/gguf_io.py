@@ -62,7 +62,7 @@ _KEEP_TYPES = {"F32": torch.float32, "F16": torch.float16}  # stored exactly; al
 
 
 def _reader(path: Path):
-    import gguf
+    import gguf  # start-up time: 0.25 s, paid only by code that reads GGUF files
 
     try:
         return gguf.GGUFReader(path)
@@ -142,7 +142,7 @@ def gguf_specs(path: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]
 
 def iter_gguf(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(Hugging Face name, tensor)` per GGUF tensor: dequantized, q/k rows back in rotate-half order."""
-    from gguf.quants import dequantize
+    from gguf.quants import dequantize  # start-up time, as in _reader
 
     path = Path(path)
     reader = _reader(path)
