@@ -8,9 +8,10 @@
 Native output is `.safetensors` or `.ckpt` (by suffix). `--reversed` writes Hugging Face names to
 `.safetensors` (a folder gets `model.safetensors`) or `.bin`. GGUF input also writes `config.json`
 beside the output. Unknown `--key value` pairs are accepted and ignored, as MindFormers forwards them.
-`--register_path DIR` (current directory first, then the repository root) imports the modules of an
-external model's folder first, so the key maps and GGUF architectures they register become `--model`
-choices.
+`--model` is a registered model family (`ModelSpec`) with a key map. `--register_path DIR` (current
+directory first, then the repository root) imports the files of an external model family's folder
+first, so the family its `MindFormerRegister.register_model_spec` call registers becomes a `--model`
+choice and its GGUF files readable.
 """
 
 from __future__ import annotations
@@ -22,19 +23,10 @@ import time
 from pathlib import Path
 
 from torchformers.checkpoint import CheckpointError, convert_checkpoint
-from torchformers.checkpoint.convert import DTYPES, MODEL_KEY_MAPS
-from torchformers.cli import import_register_path
-from torchformers.tools.register.config import ConfigError
-from torchformers.tools.register.register import RegistryError
-
-
-def str2bool(value: str) -> bool:
-    lowered = str(value).lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+from torchformers.checkpoint.convert import key_map_models
+from torchformers.errors import ConfigError
+from torchformers.tools.register.paths import import_register_path
+from torchformers.utils import DTYPES, str2bool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,15 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         required=True,
-        help=f"model name: {', '.join(sorted(MODEL_KEY_MAPS))}, or one registered by the --register_path code",
+        help=f"model family: {', '.join(key_map_models())}, or one registered by the --register_path code",
     )
     parser.add_argument(
-        "--register_path", default=None, help="folder of external model code whose modules register key maps"
+        "--register_path", default=None, help="folder of an external model family whose files register its spec"
     )
     parser.add_argument("--reversed", action="store_true", help="native -> Hugging Face")
     parser.add_argument("--input_path", required=True)
     parser.add_argument("--output_path", required=True)
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="cast floating-point weights")
+    parser.add_argument(
+        "--dtype", default=None, choices=sorted(DTYPES), metavar="{fp32,fp16,bf16}", help="cast floating-point weights"
+    )
     parser.add_argument("--qkv_concat", type=str2bool, default=False, help="fused w_qkv layout (not supported)")
     parser.add_argument("--allow_pickle", action="store_true", help="let a trusted .bin/.pt holding objects load")
     return parser
@@ -70,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.register_path is not None:
         try:
             import_register_path(args.register_path)
-        except (ConfigError, RegistryError) as exc:
+        except ConfigError as exc:
             print(f"convert_weight.py: {exc}", file=sys.stderr)
             return 2
     start = time.perf_counter()

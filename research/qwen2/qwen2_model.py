@@ -12,30 +12,17 @@ the Llama key map, whose q/k/v bias entries cover Qwen2's `q_proj.bias` / `k_pro
 Registered only through `auto_register` (`arch: {type: Qwen2ForCausalLM, auto_register:
 qwen2_model.Qwen2ForCausalLM}`) with `--register_path research/qwen2`.
 
-Importing this module also registers Qwen2's weight names with the library's conversion tools: the
-key map `qwen2` (`convert_weight.py --model qwen2 --register_path research/qwen2`) and the GGUF
-architecture "qwen2" (Qwen2 GGUF files convert to native checkpoints with a `Qwen2ForCausalLM` config).
+The family's weight names (the key map, the GGUF architecture) are registered with the rest of the
+family in one `ModelSpec`, in `qwen2_tokenizer.py` (see there).
 """
 
 from __future__ import annotations
 
 from qwen2_config import Qwen2Config
 
-from torchformers.checkpoint.convert import register_key_map
-from torchformers.checkpoint.gguf_io import LLAMA_GGUF_KEY_MAP, GGUFArch, register_gguf_arch
-from torchformers.models.llama.convert_weight import LLAMA_HF_KEY_MAP
 from torchformers.models.llama.llama import LlamaForCausalLM
 
 __all__ = ["Qwen2ForCausalLM"]
-
-# Qwen2 is Llama with q/k/v biases, which the Llama map already names.
-register_key_map("qwen2", LLAMA_HF_KEY_MAP)
-# llama.cpp's Qwen2Model keeps Hugging Face's q/k row order (no permutation to undo).
-register_gguf_arch(
-    "qwen2",
-    GGUFArch(LLAMA_GGUF_KEY_MAP, permuted_qk=False, ignored=("rope_freqs.weight",), model="qwen2"),
-    architectures=["Qwen2ForCausalLM"],
-)
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):

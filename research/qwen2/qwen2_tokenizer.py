@@ -15,11 +15,16 @@ any of the files a Qwen2 checkpoint comes with:
 Registered only through `auto_register` (`tokenizer: {type: Qwen2Tokenizer, auto_register:
 qwen2_tokenizer.Qwen2Tokenizer, vocab_file: ...}`) with `--register_path research/qwen2`.
 
-Importing this module also registers Qwen2's pieces with the library's GGUF tools: the "qwen2"
-pre-tokenizer (`tokenizer.ggml.pre`), so `torchformers.models.gguf_tokenizer` turns a Qwen2 GGUF
-vocabulary into a `tokenizer.json`, and the assets `vocab/ggml-vocab-qwen2.gguf` (+ `.inp` / `.out`
-reference vectors) for `torchformers.tools.assets.fetch`
+Importing this module also registers the whole Qwen2 family with the library, in one
+`MindFormerRegister.register_model_spec(ModelSpec(...))` call at its end: `Qwen2Config`,
+`Qwen2ForCausalLM` and `Qwen2Tokenizer` under their YAML `type:` names; the Hugging Face key map
+(`convert_weight.py --model qwen2 --register_path research/qwen2`); the GGUF architecture "qwen2" (Qwen2
+GGUF files convert to native checkpoints with a `Qwen2ForCausalLM` config); the "qwen2" pre-tokenizer
+(`tokenizer.ggml.pre`), so `torchformers.models.gguf_tokenizer` turns a Qwen2 GGUF vocabulary into a
+`tokenizer.json`; and the assets `vocab/ggml-vocab-qwen2.gguf` (+ `.inp` / `.out` reference vectors)
 (`python -m torchformers.tools.assets --register_path research/qwen2 vocab/ggml-vocab-qwen2.gguf`).
+The registration lives here because every use of the family reads a tokenizer: a YAML's
+`auto_register: qwen2_tokenizer.Qwen2Tokenizer` and the tools' `--register_path` both import this file.
 """
 
 from __future__ import annotations
@@ -27,15 +32,21 @@ from __future__ import annotations
 import json
 import os
 
+from qwen2_config import Qwen2Config
+from qwen2_model import Qwen2ForCausalLM
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-from torchformers.models.gguf_tokenizer import CONTROL, USER_DEFINED, read_gguf_tokenizer, register_pretokenizer
+from torchformers.assets import llama_cpp_vocab
+from torchformers.checkpoint.gguf_io import GGUFArch
+from torchformers.models.gguf_tokenizer import CONTROL, USER_DEFINED, PreTokenizer, read_gguf_tokenizer
+from torchformers.models.llama.convert_weight import LLAMA_GGUF_KEY_MAP, LLAMA_HF_KEY_MAP
+from torchformers.models.llama.spec import LLAMA_PARALLEL
 from torchformers.models.tokenization_utils_base import TokenizerError
 from torchformers.models.tokenization_utils_fast import PretrainedTokenizerFast
-from torchformers.tools.assets import register_llama_cpp_vocab
+from torchformers.tools.register import MindFormerRegister, ModelSpec
 
-__all__ = ["PRETOKENIZE_REGEX", "QWEN2_CHAT_TEMPLATE", "Qwen2Tokenizer", "build_qwen2_backend"]
+__all__ = ["PRETOKENIZE_REGEX", "QWEN2_CHAT_TEMPLATE", "QWEN2_SPEC", "Qwen2Tokenizer", "build_qwen2_backend"]
 
 # transformers' tokenization_qwen2.py PRETOKENIZE_REGEX
 PRETOKENIZE_REGEX = (
@@ -51,11 +62,6 @@ QWEN2_CHAT_TEMPLATE = (
 )
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-
-# llama.cpp names Qwen2's pre-tokenizer "qwen2" in GGUF files (llama-vocab.cpp): the regex above, NFC.
-register_pretokenizer("qwen2", PRETOKENIZE_REGEX, nfc=True)
-# llama.cpp's Qwen2 test vocabulary and its reference vectors
-register_llama_cpp_vocab("qwen2")
 
 
 def build_qwen2_backend(
@@ -176,3 +182,24 @@ class Qwen2Tokenizer(PretrainedTokenizerFast):
                 f"Qwen2Tokenizer: vocab_file {str(vocab_file)!r} needs merges_file (merges.txt); got {merges_file!r}"
             )
         return _from_vocab_merges(str(vocab_file), str(merges_file))
+
+
+# The Qwen2 family, registered once. Qwen2 is Llama with q/k/v biases, which the Llama key maps already
+# name, and the Llama layer layout (same parallel plan).
+QWEN2_SPEC = MindFormerRegister.register_model_spec(
+    ModelSpec(
+        name="qwen2",
+        config_class=Qwen2Config,
+        model_classes=(Qwen2ForCausalLM,),
+        tokenizer_classes=(Qwen2Tokenizer,),
+        hf_key_map=LLAMA_HF_KEY_MAP,
+        hf_architectures=("Qwen2ForCausalLM",),
+        # llama.cpp's Qwen2Model keeps Hugging Face's q/k row order (no permutation to undo)
+        gguf=GGUFArch("qwen2", LLAMA_GGUF_KEY_MAP, permuted_qk=False, ignored=("rope_freqs.weight",)),
+        # llama.cpp names Qwen2's pre-tokenizer "qwen2" in GGUF files (llama-vocab.cpp): the regex above, NFC
+        pretokenizers={"qwen2": PreTokenizer(PRETOKENIZE_REGEX, nfc=True)},
+        parallel=LLAMA_PARALLEL,
+        # llama.cpp's Qwen2 test vocabulary and its reference vectors
+        assets=llama_cpp_vocab("qwen2"),
+    )
+)

@@ -19,8 +19,8 @@ ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 def _fetch_or_skip(name: str) -> Path:
     from torchformers.tools import assets
 
-    if name not in assets.ASSETS:
-        pytest.skip(f"the asset {name!r} is not registered in torchformers.tools.assets")
+    if name not in assets.all_assets():
+        pytest.skip(f"the asset {name!r} is not listed by any model family's spec nor torchformers.assets.CORPORA")
     try:
         return assets.fetch(name)
     except assets.AssetError as err:
@@ -32,7 +32,7 @@ def llama2_model_file() -> Path:
     from torchformers.tools import assets
 
     override = os.environ.get("TORCHFORMERS_TEST_LLAMA2_TOKENIZER")
-    if "llama2/tokenizer.model" not in assets.ASSETS and override and Path(override).is_file():
+    if "llama2/tokenizer.model" not in assets.all_assets() and override and Path(override).is_file():
         return Path(override)
     return _fetch_or_skip("llama2/tokenizer.model")
 

@@ -19,7 +19,7 @@ import torch
 from tests.tokenizers.helpers import random_unicode_strings, reference_vectors
 from torchformers.checkpoint import load_checkpoint, save_checkpoint
 from torchformers.models.llama.convert_weight import LLAMA_HF_KEY_MAP
-from torchformers.tools.assets import AssetError, fetch
+from torchformers.tools.assets import fetch
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 from torchformers.tools.register.register import import_module_from_folder
 
@@ -192,7 +192,7 @@ def test_conversion_tools_learn_qwen2_from_register_path(qwen2, tmp_path):
             gguf_config(sys.argv[3])
             raise SystemExit("a qwen2 GGUF was read without registration")
         except CheckpointError as err:
-            assert "register_gguf_arch" in str(err), err
+            assert "'qwen2' is not supported (supported: llama)" in str(err) and "register_model_spec" in str(err), err
         assert convert_weight.main([*args, "--register_path", "research/qwen2"]) == 0
         print(gguf_config(sys.argv[3])["architectures"])
     """
@@ -208,24 +208,57 @@ def test_conversion_tools_learn_qwen2_from_register_path(qwen2, tmp_path):
     assert all(torch.equal(native[LLAMA_HF_KEY_MAP.to_native(k)], v) for k, v in state.items())
 
 
-def test_registrations_repeat_but_do_not_conflict(qwen2):
-    from torchformers.checkpoint.convert import register_key_map
-    from torchformers.checkpoint.gguf_io import GGUF_ARCHS, register_gguf_arch
-    from torchformers.checkpoint.key_map import KeyMap
-    from torchformers.models.gguf_tokenizer import register_pretokenizer
-    from torchformers.tools.assets import ASSETS, register_asset
+def test_one_spec_registers_the_whole_family(qwen2):
+    """research/qwen2 registers everything the library's tools need to know in one ModelSpec."""
+    from torchformers.checkpoint.convert import hf_key_map
+    from torchformers.checkpoint.gguf_io import gguf_model_spec
+    from torchformers.models.gguf_tokenizer import find_pretokenizer
+    from torchformers.tools.assets import all_assets
 
-    # importing the research modules again (as auto_register may) registers the same entries again
-    register_key_map("qwen2", LLAMA_HF_KEY_MAP)
-    register_gguf_arch("qwen2", GGUF_ARCHS["qwen2"])
-    register_pretokenizer("qwen2", qwen2[2].PRETOKENIZE_REGEX, nfc=True)
-    register_asset("vocab/ggml-vocab-qwen2.gguf", ASSETS["vocab/ggml-vocab-qwen2.gguf"])
-    # another entry under a taken name is refused
-    with pytest.raises(ValueError, match="already has a weight key map"):
-        register_key_map("llama", KeyMap({"a": "b"}))
-    with pytest.raises(ValueError, match="already registered"):
-        register_gguf_arch("qwen2", GGUF_ARCHS["llama"])
-    with pytest.raises(ValueError, match="already registered"):
-        register_pretokenizer("qwen2", qwen2[2].PRETOKENIZE_REGEX)
-    with pytest.raises(AssetError, match="already registered"):
-        register_asset("vocab/ggml-vocab-qwen2.gguf", ASSETS["text/tiny.utf8"])
+    config_mod, model_mod, tokenizer_mod = qwen2
+    spec = MindFormerRegister.get_model_spec("qwen2")
+    assert spec is tokenizer_mod.QWEN2_SPEC
+    assert spec.config_class is config_mod.Qwen2Config and spec.model_class is model_mod.Qwen2ForCausalLM
+    for kind, cls in (
+        (MindFormerModuleType.CONFIG, config_mod.Qwen2Config),
+        (MindFormerModuleType.MODELS, model_mod.Qwen2ForCausalLM),
+        (MindFormerModuleType.TOKENIZER, tokenizer_mod.Qwen2Tokenizer),
+    ):
+        assert MindFormerRegister.get_cls(kind, cls.__name__) is cls
+    assert hf_key_map("qwen2") is LLAMA_HF_KEY_MAP
+    assert gguf_model_spec("qwen2") is spec and not spec.gguf.permuted_qk
+    assert find_pretokenizer("qwen2").pattern == tokenizer_mod.PRETOKENIZE_REGEX and find_pretokenizer("qwen2").nfc
+    assert {f"vocab/ggml-vocab-qwen2.gguf{s}" for s in ("", ".inp", ".out")} <= set(all_assets())
+    assert MindFormerRegister.model_spec_of(model_mod.Qwen2ForCausalLM) is spec
+
+
+def test_registrations_repeat_but_do_not_conflict(qwen2):
+    from dataclasses import replace
+
+    from torchformers.tools.register import ModelSpec, RegistryError
+
+    config_mod, model_mod, tokenizer_mod = qwen2
+    spec = MindFormerRegister.get_model_spec("qwen2")
+    # importing the research modules again (as auto_register may) registers the same family again
+    assert MindFormerRegister.register_model_spec(replace(spec)) is not None
+    assert MindFormerRegister.get_model_spec("qwen2").gguf == spec.gguf
+    MindFormerRegister.register_model_spec(spec)
+    # another family under a taken name is refused, naming it
+    other = ModelSpec(name="llama", config_class=config_mod.Qwen2Config, model_classes=(model_mod.Qwen2ForCausalLM,))
+    with pytest.raises(RegistryError, match="model family 'llama' is already registered"):
+        MindFormerRegister.register_model_spec(other)
+    assert MindFormerRegister.get_model_spec("llama").config_class.__name__ == "LlamaConfig"
+
+
+def test_assets_cli_fetches_the_family_assets(tmp_path):
+    """`python -m torchformers.tools.assets --register_path research/qwen2 NAME`, and without it the name
+    is unknown."""
+    fetch("vocab/ggml-vocab-qwen2.gguf")  # cached for the subprocesses
+    name = "vocab/ggml-vocab-qwen2.gguf.inp"
+    base = [sys.executable, "-m", "torchformers.tools.assets"]
+    out = subprocess.run([*base, "--register_path", "research/qwen2", name], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.strip().split(": ", 1)[1])
+    assert out.stdout.startswith(f"{name}: ") and path.is_file()
+    out = subprocess.run([*base, name], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 1 and f"unknown asset {name!r}" in out.stderr

@@ -15,7 +15,7 @@ from torchformers.models.gguf_tokenizer import (
     tokenizer_from_gguf,
 )
 from torchformers.models.tokenization_utils_base import TokenizerError
-from torchformers.tools.assets import ASSETS, fetch
+from torchformers.tools.assets import all_assets, fetch
 from torchformers.tools.register.register import import_module_from_folder
 
 SMOLLM2 = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -23,7 +23,7 @@ SMOLLM2 = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def test_llama2_model_is_byte_identical_to_the_published_rebuild():
     data = gguf_to_sentencepiece(read_gguf_tokenizer(fetch("vocab/ggml-vocab-llama-spm.gguf")))
-    assert hashlib.sha256(data).hexdigest() == ASSETS["llama2/tokenizer.model"].sha256
+    assert hashlib.sha256(data).hexdigest() == all_assets()["llama2/tokenizer.model"].sha256
 
 
 @pytest.fixture(scope="module")

@@ -262,3 +262,25 @@ def test_missing_transformers_is_a_clear_error(pair, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
     code, _, err = _run(capsys, "--reference", hf, "--candidate", native)
     assert code == 2 and "'transformers' package" in err
+
+
+@pytest.mark.parametrize(
+    "model_config,expected",
+    [
+        ({"num_layers": -1}, "num_layers"),
+        ({"compute_dtype": "int8"}, "compute_dtype"),
+        ({"type": "LlamaConfigz"}, "LlamaConfigz"),
+    ],
+)
+def test_invalid_model_config_is_one_line(pair, capsys, tmp_path, model_config, expected):
+    """A YAML whose model_config is invalid (a bad value, an unknown class) is a usage error, not a traceback."""
+    import yaml
+
+    hf, native = pair
+    config = {"type": "LlamaConfig", "vocab_size": 96, "hidden_size": 64, "num_heads": 4, **model_config}
+    candidate = tmp_path / "candidate.yaml"
+    model = {"model_config": config, "arch": {"type": "LlamaForCausalLM"}}
+    candidate.write_text(yaml.safe_dump({"load_checkpoint": str(native), "model": model}), encoding="utf-8")
+    code, out, err = _run(capsys, "--reference", hf, "--candidate", candidate)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("compare: error:") and expected in err, err

@@ -2,13 +2,14 @@
 
 Formats: safetensors (single or sharded), MindSpore `.ckpt` (no MindSpore needed), PyTorch `.bin`/`.pt`
 (weights only unless `allow_pickle`), GGUF (dequantized, Hugging Face names) and Hugging Face model
-folders. `convert` renames between Hugging Face and native (MindFormers) names with one key map per model.
+folders. `convert` renames between Hugging Face and native (MindFormers) names with the key map of the
+model family's `ModelSpec`.
 """
 
 from torchformers.checkpoint.convert import (
-    MODEL_KEY_MAPS,
     convert_checkpoint,
     gguf_to_native,
+    hf_key_map,
     load_native_checkpoint,
 )
 from torchformers.checkpoint.errors import CheckpointError
@@ -24,13 +25,13 @@ from torchformers.checkpoint.formats import (
 )
 
 __all__ = [
-    "MODEL_KEY_MAPS",
     "CheckpointError",
     "CheckpointReader",
     "check_tensors",
     "convert_checkpoint",
     "detect_format",
     "gguf_to_native",
+    "hf_key_map",
     "iter_checkpoint",
     "load_checkpoint",
     "load_native_checkpoint",

@@ -1,17 +1,19 @@
 """Weight conversion between Hugging Face, GGUF and native (MindFormers) names, one tensor at a time.
 
 Follows MindFormers `convert_weight.py` / `mindformers/models/llama/convert_weight.py` (HF -> MindSpore
-names, optional `--dtype`) and `convert_reversed.py` (native -> HF). One key map per model serves both
-directions; the registry below names it. GGUF input is read with Hugging Face names (`gguf_io`) and then
-renamed like any Hugging Face checkpoint.
+names, optional `--dtype`) and `convert_reversed.py` (native -> HF). One key map per model family serves
+both directions: the `hf_key_map` of the family's `ModelSpec` (`MindFormerRegister.get_model_spec`).
+GGUF input is read with Hugging Face names (`gguf_io`, through the spec whose `gguf` matches the file)
+and then renamed like any Hugging Face checkpoint.
 
-Code outside the library adds its models with `register_key_map(model_name, key_map)`;
-`convert_weight.py --register_path DIR` imports such code before converting.
+This module imports no model: the library's families are registered because importing any
+`torchformers` module runs `torchformers/__init__.py` first; a family outside the library registers
+itself with `MindFormerRegister.register_model_spec`, which `convert_weight.py --register_path DIR` runs
+by importing the family's files.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,27 +23,19 @@ import torch
 
 from torchformers.checkpoint.errors import CheckpointError
 from torchformers.checkpoint.formats import load_checkpoint, open_checkpoint, write_checkpoint
-from torchformers.checkpoint.gguf_io import GGUF_ARCHS, gguf_config
+from torchformers.checkpoint.gguf_io import gguf_config, gguf_model_spec
 from torchformers.checkpoint.key_map import KeyMap, KeyMapError
+from torchformers.errors import ConfigError
+from torchformers.tools.register import MindFormerRegister
+from torchformers.utils import dtype_name, to_dtype
 
 __all__ = [
-    "DTYPES",
-    "MODEL_KEY_MAPS",
     "convert_checkpoint",
     "gguf_to_native",
-    "key_map_for",
+    "hf_key_map",
+    "key_map_models",
     "load_native_checkpoint",
-    "register_key_map",
 ]
-
-# Model name (as given to `convert_weight.py --model`) -> its Hugging Face key map, or the
-# "module:attribute" naming it. Library entries are resolved lazily: model packages import this
-# package, so importing them here would be circular.
-MODEL_KEY_MAPS: dict[str, KeyMap | str] = {
-    "llama": "torchformers.models.llama.convert_weight:LLAMA_HF_KEY_MAP",
-}
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # Training state found in MindFormers checkpoints (optimizer moments, step counters); it has no
 # Hugging Face counterpart and is left out when converting back.
@@ -51,43 +45,21 @@ _TRAINING_STATE = re.compile(
 )
 
 
-def register_key_map(model_name: str, key_map: KeyMap | str) -> None:
-    """Make `model_name` a `convert_weight.py --model` choice, converting with `key_map`.
+def key_map_models() -> list[str]:
+    """The registered model families with a Hugging Face key map: the `convert_weight.py --model` choices."""
+    return sorted(name for name, spec in MindFormerRegister.model_specs.items() if spec.hf_key_map is not None)
 
-    `key_map` is a `KeyMap` or a "module:attribute" string naming one (imported when first used).
-    Registering a name again with the same map does nothing; another map raises ValueError.
-    """
-    if not isinstance(key_map, (KeyMap, str)) or (isinstance(key_map, str) and key_map.count(":") != 1):
-        raise TypeError(
-            f"register_key_map({model_name!r}, ...): expected a KeyMap or 'module:attribute', got {key_map!r}"
+
+def hf_key_map(model: str) -> KeyMap:
+    """The Hugging Face <-> native key map of the model family `model` (its `ModelSpec.hf_key_map`)."""
+    spec = MindFormerRegister.model_specs.get(model)
+    if spec is None or spec.hf_key_map is None:
+        raise ConfigError(
+            f"--model {model!r} has no weight key map; known models: {', '.join(key_map_models())} (a model family "
+            "outside the library registers its map with MindFormerRegister.register_model_spec(ModelSpec(..., "
+            "hf_key_map=...)) in a file under --register_path DIR)"
         )
-    existing = MODEL_KEY_MAPS.get(model_name)
-    if existing is not None and existing is not key_map and existing != key_map:
-        raise ValueError(f"model {model_name!r} already has a weight key map ({existing!r}); choose another name")
-    MODEL_KEY_MAPS[model_name] = key_map
-
-
-def key_map_for(model: str) -> KeyMap:
-    """The Hugging Face <-> native key map registered for `model`."""
-    if model not in MODEL_KEY_MAPS:
-        raise ValueError(
-            f"--model {model!r} has no weight key map; known models: {', '.join(sorted(MODEL_KEY_MAPS))}"
-            " (a model outside the library registers its map with register_key_map, which convert_weight.py"
-            " runs when --register_path names the model's folder)"
-        )
-    entry = MODEL_KEY_MAPS[model]
-    if isinstance(entry, KeyMap):
-        return entry
-    module, attr = entry.split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return spec.hf_key_map
 
 
 def _cast(dtype: torch.dtype, target: torch.dtype | None) -> torch.dtype:
@@ -110,15 +82,16 @@ def convert_checkpoint(
             (with `reversed`) a native `.ckpt` / `.safetensors`.
         output_path: `.safetensors` or `.ckpt` for native output; for `reversed`, `.safetensors` (also
             when a folder is given: `<folder>/model.safetensors`) or `.bin` / `.pt`.
-        model: key map to use (see `MODEL_KEY_MAPS`).
-        dtype: "fp32", "fp16" or "bf16" to cast floating-point tensors; None keeps each tensor's dtype.
+        model: the model family whose `hf_key_map` renames (`convert_weight.py --model`).
+        dtype: "fp32", "fp16" or "bf16" (any name in `torchformers.utils.DTYPES`) to cast floating-point
+            tensors; None keeps each tensor's dtype.
         reversed: native -> Hugging Face (MindFormers `--reversed`).
 
     Returns:
         For GGUF input, the Hugging Face style config read from its metadata; otherwise None.
     """
-    key_map = key_map_for(model)
-    target = _dtype(dtype)
+    key_map = hf_key_map(model)
+    target = to_dtype(dtype, "dtype")
     source = open_checkpoint(input_path, allow_pickle=allow_pickle)
     output_path = Path(output_path)
     if reversed:
@@ -166,11 +139,11 @@ def gguf_to_native(
     `torchformers.models.gguf_tokenizer`; `torchformers.checkpoint.gguf_io.gguf_metadata` reads it.
     """
     config = gguf_config(gguf_path)
-    convert_checkpoint(gguf_path, output_path, model=GGUF_ARCHS[config["model_type"]].model, dtype=dtype)
+    # the family that reads the file's architecture also names its parameters
+    spec = gguf_model_spec(config["model_type"], gguf_path)
+    convert_checkpoint(gguf_path, output_path, model=spec.name, dtype=dtype)
     if dtype is not None:
-        config["torch_dtype"] = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[
-            _dtype(dtype)
-        ]
+        config["torch_dtype"] = dtype_name(to_dtype(dtype, "dtype"))
     return config
 
 
@@ -182,7 +155,7 @@ def load_native_checkpoint(
     This is what a model's `load_checkpoint` needs: a MindFormers `.ckpt` comes back untouched, a
     Hugging Face folder or GGUF file comes back renamed.
     """
-    key_map = key_map_for(model)
+    key_map = hf_key_map(model)
     state = load_checkpoint(path, allow_pickle=allow_pickle)
     out = {}
     for name, tensor in state.items():

@@ -9,15 +9,17 @@ layout (Hugging Face, MindFormers) to the interleaved one: `w.reshape(n_head, 2,
 The tokenizer in the metadata is turned into tokenizer files by `torchformers.models.gguf_tokenizer`;
 `gguf_metadata` gives it (and anyone else) the plain metadata values.
 
-`GGUF_ARCHS` holds the architectures (`general.architecture`) the library reads: "llama". Code outside
-the library adds its own with `register_gguf_arch(name, GGUFArch(...), architectures=[...])`.
+The reader takes the architecture (`general.architecture`) from the registered model families: the
+`ModelSpec` whose `gguf.name` is the file's architecture says how to rename its tensors (`GGUFArch`)
+and which `architectures` the `config.json` written from it names. A family outside the library makes
+its GGUF files readable with its one `MindFormerRegister.register_model_spec(ModelSpec(..., gguf=...))`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,90 +28,41 @@ import torch
 
 from torchformers.checkpoint.errors import CheckpointError
 from torchformers.checkpoint.key_map import KeyMap, KeyMapError
+from torchformers.tools.register import MindFormerRegister, ModelSpec
 
 __all__ = [
-    "GGUF_ARCHS",
-    "LLAMA_GGUF_KEY_MAP",
     "GGUFArch",
     "gguf_config",
     "gguf_metadata",
+    "gguf_model_spec",
     "gguf_specs",
     "iter_gguf",
-    "register_gguf_arch",
 ]
-
-# GGUF tensor names -> Hugging Face names (ggml docs/gguf.md "Standardized tensor names").
-LLAMA_GGUF_KEY_MAP = KeyMap(
-    {
-        "token_embd.weight": "model.embed_tokens.weight",
-        "blk.{}.attn_norm.weight": "model.layers.{}.input_layernorm.weight",
-        "blk.{}.attn_q.weight": "model.layers.{}.self_attn.q_proj.weight",
-        "blk.{}.attn_k.weight": "model.layers.{}.self_attn.k_proj.weight",
-        "blk.{}.attn_v.weight": "model.layers.{}.self_attn.v_proj.weight",
-        "blk.{}.attn_q.bias": "model.layers.{}.self_attn.q_proj.bias",
-        "blk.{}.attn_k.bias": "model.layers.{}.self_attn.k_proj.bias",
-        "blk.{}.attn_v.bias": "model.layers.{}.self_attn.v_proj.bias",
-        "blk.{}.attn_output.weight": "model.layers.{}.self_attn.o_proj.weight",
-        "blk.{}.ffn_norm.weight": "model.layers.{}.post_attention_layernorm.weight",
-        "blk.{}.ffn_gate.weight": "model.layers.{}.mlp.gate_proj.weight",
-        "blk.{}.ffn_down.weight": "model.layers.{}.mlp.down_proj.weight",
-        "blk.{}.ffn_up.weight": "model.layers.{}.mlp.up_proj.weight",
-        "output_norm.weight": "model.norm.weight",
-        "output.weight": "lm_head.weight",
-    },
-    name="gguf",
-)
 
 
 @dataclass(frozen=True)
 class GGUFArch:
-    """What reading one GGUF architecture needs.
+    """How to read one GGUF architecture; a model family's `ModelSpec.gguf`.
 
     Attributes:
+        name: the `general.architecture` value of the files (llama.cpp's name: "llama", ...).
         key_map: GGUF tensor names -> Hugging Face names.
         permuted_qk: whether llama.cpp's converter permuted the q/k rows (Llama) or kept Hugging Face's
             order (models it converts without `LlamaModel.permute`).
         ignored: tensors that are not parameters (precomputed RoPE factors).
-        architectures: the `architectures` entry of the `config.json` written from the file.
-        model: the `convert_weight.py --model` name whose key map renames the Hugging Face names to
-            native ones (see `torchformers.checkpoint.convert.MODEL_KEY_MAPS`).
     """
 
+    name: str
     key_map: KeyMap
     permuted_qk: bool
     ignored: tuple[str, ...] = ()
-    architectures: tuple[str, ...] = ("LlamaForCausalLM",)
-    model: str = "llama"
-
-
-GGUF_ARCHS: dict[str, GGUFArch] = {
-    "llama": GGUFArch(LLAMA_GGUF_KEY_MAP, permuted_qk=True, ignored=("rope_freqs.weight",)),
-}
-
-
-def register_gguf_arch(name: str, arch: GGUFArch, *, architectures: Sequence[str] | None = None) -> GGUFArch:
-    """Make GGUF files whose `general.architecture` is `name` readable; returns the registered entry.
-
-    `architectures` (e.g. `["MyModelForCausalLM"]`) replaces `arch.architectures` in the `config.json`
-    written from such a file. Registering a name again with an equal entry does nothing; a different
-    entry raises ValueError.
-    """
-    if architectures is not None:
-        if isinstance(architectures, str):
-            architectures = [architectures]
-        arch = replace(arch, architectures=tuple(architectures))
-    existing = GGUF_ARCHS.get(name)
-    if existing is not None and existing != arch:
-        raise ValueError(f"GGUF architecture {name!r} is already registered with another entry ({existing})")
-    GGUF_ARCHS[name] = arch
-    return arch
 
 
 _KEEP_TYPES = {"F32": torch.float32, "F16": torch.float16}  # stored exactly; all others dequantize to float32
 
 
 def _reader(path: Path):
-    import gguf
+    import gguf  # start-up time: 0.25 s, paid only by code that reads GGUF files
 
     try:
         return gguf.GGUFReader(path)
@@ -128,15 +81,25 @@ def gguf_metadata(path: str | Path) -> dict[str, Any]:
     return {key: _field_value(field) for key, field in reader.fields.items() if not key.startswith("GGUF.")}
 
 
-def _arch(path: Path, meta: dict[str, Any]) -> tuple[str, GGUFArch]:
-    name = meta.get("general.architecture")
-    if name not in GGUF_ARCHS:
+def gguf_model_spec(architecture: str | None, path: str | Path | None = None) -> ModelSpec:
+    """The registered model family whose `gguf.name` is `architecture` (a file's `general.architecture`).
+
+    Raises CheckpointError (naming `path`) listing the architectures the registered families read.
+    """
+    spec = MindFormerRegister.find_model_spec(lambda s: s.gguf is not None and s.gguf.name == architecture)
+    if spec is None:
+        known = sorted(s.gguf.name for s in MindFormerRegister.model_specs.values() if s.gguf is not None)
         raise CheckpointError(
             path,
-            f"GGUF architecture {name!r} is not supported (supported: {sorted(GGUF_ARCHS)}; code outside the "
-            "library adds one with register_gguf_arch, e.g. convert_weight.py --register_path DIR)",
+            f"GGUF general.architecture {architecture!r} is not supported (supported: {', '.join(known) or 'none'});"
+            " a model family makes its GGUF files readable with MindFormerRegister.register_model_spec("
+            "ModelSpec(..., gguf=GGUFArch(name, ...))) in a file under --register_path DIR",
         )
-    return name, GGUF_ARCHS[name]
+    return spec
+
+
+def _spec(path: Path, meta: dict[str, Any]) -> ModelSpec:
+    return gguf_model_spec(meta.get("general.architecture"), path)
 
 
 def _heads(path: Path, meta: dict, arch: str) -> tuple[int, int]:
@@ -167,7 +130,7 @@ def gguf_specs(path: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]
     path = Path(path)
     reader = _reader(path)
     meta = {k: _field_value(f) for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
-    _, arch = _arch(path, meta)
+    arch = _spec(path, meta).gguf
     specs = {}
     for t in reader.tensors:
         hf = _hf_name(path, arch, t.name)
@@ -179,13 +142,13 @@ def gguf_specs(path: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]
 
 def iter_gguf(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(Hugging Face name, tensor)` per GGUF tensor: dequantized, q/k rows back in rotate-half order."""
-    from gguf.quants import dequantize
+    from gguf.quants import dequantize  # start-up time, as in _reader
 
     path = Path(path)
     reader = _reader(path)
     meta = {k: _field_value(f) for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
-    arch_name, arch = _arch(path, meta)
-    n_head, n_kv = _heads(path, meta, arch_name)
+    arch = _spec(path, meta).gguf
+    n_head, n_kv = _heads(path, meta, arch.name)
     for t in reader.tensors:
         hf = _hf_name(path, arch, t.name)
         if hf is None:
@@ -208,11 +171,13 @@ def iter_gguf(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def gguf_config(path: str | Path) -> dict[str, Any]:
-    """A Hugging Face style `LlamaConfig` dict from GGUF metadata (keys as in `config.json`)."""
+    """A Hugging Face style `LlamaConfig` dict from GGUF metadata (keys as in `config.json`); `architectures`
+    is the reading family's `ModelSpec.hf_architectures`."""
     path = Path(path)
     reader = _reader(path)
     meta = {k: _field_value(f) for k, f in reader.fields.items() if k != "tokenizer.ggml.merges"}
-    arch_name, arch = _arch(path, meta)
+    spec = _spec(path, meta)
+    arch_name = spec.gguf.name
     n_head, n_kv = _heads(path, meta, arch_name)
 
     def get(key: str, default: Any = None) -> Any:
@@ -230,7 +195,7 @@ def gguf_config(path: str | Path) -> dict[str, Any]:
         vocab = len(tokens)
     names = {t.name for t in reader.tensors}
     config: dict[str, Any] = {
-        "architectures": list(arch.architectures),
+        "architectures": list(spec.hf_architectures),
         "model_type": arch_name,
         "vocab_size": int(vocab),
         "hidden_size": hidden,

@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from torchformers.errors import CheckpointError
+
 __all__ = ["KeyMap", "KeyMapError"]
 
 
-class KeyMapError(KeyError):
-    """A parameter name has no entry in the model's key map."""
+class KeyMapError(CheckpointError, KeyError):
+    """A parameter name has no entry in the model's key map (a `KeyError` for the callers that look names up)."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
         return str(self.args[0]) if self.args else ""

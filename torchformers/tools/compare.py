@@ -4,7 +4,7 @@
         --candidate YAML|CKPT_FOLDER|CKPT_FILE [--text "..." | --ids 1,2,3] [--backward] [--json OUT]
 
 Both models run on the same token ids with forward hooks on every module that owns parameters. Modules
-are matched through the model's weight key map (`MODEL_KEY_MAPS`, e.g. `LLAMA_HF_KEY_MAP`): two modules
+are matched through the model family's weight key map (its `ModelSpec.hf_key_map`): two modules
 correspond when the parameters under them correspond, so Hugging Face `model.layers.3.mlp` pairs with
 native `model.layers.3.feed_forward` and `mlp.gate_proj` with `feed_forward.w1`, with no per-model table.
 
@@ -22,8 +22,10 @@ dtype in spirit: fp32 1e-5, bf16/fp16 looser (see `PRESETS`).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +35,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from torchformers.checkpoint import CheckpointError, open_checkpoint
+from torchformers.checkpoint.convert import hf_key_map, key_map_models
+from torchformers.errors import ConfigError, TorchformersError
+from torchformers.models import LlamaConfig
+from torchformers.models.configuration_utils import PretrainedConfig
+from torchformers.models.modeling_utils import CheckpointLoadError
+from torchformers.models.tokenization_utils_fast import PretrainedTokenizerFast
+from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
+from torchformers.tools.register.build import build_model_config, build_tokenizer
+from torchformers.tools.register.config import MindFormerConfig
+from torchformers.tools.register.paths import resolve_path
+from torchformers.utils import DTYPES, dtype_name, to_dtype
 
 __all__ = [
     "PRESETS",
@@ -47,9 +62,6 @@ __all__ = [
     "match_modules",
 ]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
 # --preset NAME: the dtype both models run in and tolerances suited to it. fp32 differences between two
 # correct implementations come from summation order (~1e-6 relative); bf16 keeps 8 mantissa bits (~4e-3 per
 # op), and over 30 layers SmolLM2-135M in bf16 against fp32 reaches 5.5e-2 (max-abs relative) in its worst FFN.
@@ -63,7 +75,7 @@ _CONFIG_FILES = ("config.json",)
 _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth", ".gguf")
 
 
-class CompareError(RuntimeError):
+class CompareError(TorchformersError, RuntimeError):
     """A user-facing problem (bad path, config, tokenizer or input): printed as one line, exit code 2."""
 
 
@@ -91,17 +103,15 @@ class Side:
 
 
 def _key_map(model_type: str | None):
-    from torchformers.checkpoint.convert import MODEL_KEY_MAPS, key_map_for
-
-    if model_type not in MODEL_KEY_MAPS:
-        known = ", ".join(sorted(MODEL_KEY_MAPS))
+    if model_type not in key_map_models():
+        known = ", ".join(key_map_models())
         raise CompareError(f"model_type {model_type!r} has no weight key map to match layers with (known: {known})")
-    return key_map_for(model_type)
+    return hf_key_map(model_type)
 
 
 def _import_transformers():
     try:
-        import transformers
+        import transformers  # optional: only Hugging Face folders need it
     except ImportError:
         raise CompareError(
             "a Hugging Face model folder is loaded with the 'transformers' package, which is not installed "
@@ -115,8 +125,6 @@ def _has_tokenizer(folder: Path) -> bool:
 
 
 def _weight_names(path: Path) -> list[str]:
-    from torchformers.checkpoint import CheckpointError, open_checkpoint
-
     try:
         return list(open_checkpoint(path).specs())
     except CheckpointError as err:
@@ -133,10 +141,6 @@ def _dtype_overrides(config: Any, dtype: torch.dtype | None) -> None:
 
 
 def _native_from_config(config: Any, arch: str | None, weights: Path | None, role: str, source: str) -> nn.Module:
-    import torchformers.models  # noqa: F401  (registers the library's models)
-    from torchformers.models.modeling_utils import CheckpointLoadError
-    from torchformers.tools.register import MindFormerModuleType, MindFormerRegister, RegistryError
-
     if not arch:
         raise CompareError(f"--{role} {source}: the config names no architecture ('architectures' or model.arch)")
     try:
@@ -144,7 +148,7 @@ def _native_from_config(config: Any, arch: str | None, weights: Path | None, rol
         model = model_cls(config)
         if weights is not None:
             model.load_checkpoint(weights)
-    except (CheckpointLoadError, RegistryError) as err:
+    except (CheckpointLoadError, TorchformersError) as err:
         raise CompareError(f"--{role} {source}: {err}") from None
     return model.eval()
 
@@ -167,14 +171,9 @@ def _load_hf_folder(path: Path, role: str, dtype: torch.dtype | None) -> Side:
 
 
 def _load_native_folder(path: Path, role: str, dtype: torch.dtype | None) -> Side:
-    from torchformers.models.configuration_utils import ConfigError, PretrainedConfig
-
     try:
         raw = PretrainedConfig.from_pretrained(path)
         arch = (raw.architectures or [None])[0]
-        import torchformers.models  # noqa: F401
-        from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
-
         if arch and MindFormerRegister.is_exist(MindFormerModuleType.MODELS, arch):
             config_cls = MindFormerRegister.get_cls(MindFormerModuleType.MODELS, arch).config_class
             config = config_cls.from_pretrained(path)
@@ -188,18 +187,11 @@ def _load_native_folder(path: Path, role: str, dtype: torch.dtype | None) -> Sid
 
 
 def _load_yaml(path: Path, role: str, dtype: torch.dtype | None) -> Side:
-    from torchformers.cli import resolve_path
-    from torchformers.tools.register.build import build_model_config
-    from torchformers.tools.register.config import ConfigError, MindFormerConfig
-    from torchformers.tools.register.register import RegistryError
-
     try:
         cfg = MindFormerConfig(str(path))
         block = cfg.get("model")
         if not isinstance(block, dict) or "model_config" not in block or "arch" not in block:
             raise CompareError(f"--{role} {path}: the YAML needs a 'model' section with model_config and arch")
-        import torchformers.models  # noqa: F401
-
         config = build_model_config(block["model_config"])
         checkpoint = cfg.get("load_checkpoint") or getattr(config, "checkpoint_name_or_path", "")
         if not checkpoint:
@@ -210,7 +202,7 @@ def _load_yaml(path: Path, role: str, dtype: torch.dtype | None) -> Side:
                 weights = resolve_path(str(checkpoint), "load_checkpoint", must_be_dir=False)
             except ConfigError:
                 weights = resolve_path(str(checkpoint), "load_checkpoint", must_be_dir=True)
-    except (ConfigError, RegistryError) as err:
+    except ConfigError as err:
         raise CompareError(f"--{role} {path}: {err}") from None
     _dtype_overrides(config, dtype)
     model = _native_from_config(config, block["arch"].get("type"), weights, role, str(path))
@@ -223,10 +215,6 @@ def _load_bare_checkpoint(path: Path, role: str, dtype: torch.dtype | None, base
             f"--{role} {path}: a bare checkpoint file has no config; give a folder with config.json, a YAML, "
             "or use it as --candidate (its config is then taken from the reference)"
         )
-    import copy
-
-    from torchformers.models import LlamaConfig
-
     if base.backend == "transformers":
         # a Hugging Face config.json reads directly into the native config class (e.g. LlamaConfig)
         arch = (base.config.architectures or ["LlamaForCausalLM"])[0]
@@ -284,16 +272,9 @@ def load_side(
 def load_tokenizer(source: str | Path):
     """A torchformers tokenizer from a folder (tokenizer_config.json / tokenizer.json), a `tokenizer.json`
     file, or a YAML with a `processor.tokenizer` block."""
-    import torchformers.models.llama  # noqa: F401  (registers the tokenizers)
-    from torchformers.models.tokenization_utils_fast import PretrainedTokenizerFast
-    from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
-
     path = Path(source)
     try:
         if path.suffix in (".yaml", ".yml"):
-            from torchformers.tools.register.build import build_tokenizer
-            from torchformers.tools.register.config import MindFormerConfig
-
             block = MindFormerConfig(str(path)).get_value("processor.tokenizer")
             if not isinstance(block, dict):
                 raise CompareError(f"--tokenizer {path}: the YAML has no processor.tokenizer block")
@@ -711,8 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> tuple[CompareResult, str]:
     preset = PRESETS[args.preset or "fp32"]
-    dtype = DTYPES[args.dtype or preset["dtype"]]
-    ref_dtype = DTYPES[args.reference_dtype] if args.reference_dtype else dtype
+    dtype = to_dtype(args.dtype or preset["dtype"], "--dtype")
+    ref_dtype = to_dtype(args.reference_dtype, "--reference_dtype") if args.reference_dtype else dtype
     atol = args.atol if args.atol is not None else preset["atol"]
     rtol = args.rtol if args.rtol is not None else preset["rtol"]
     try:
@@ -730,19 +711,25 @@ def run(args: argparse.Namespace) -> tuple[CompareResult, str]:
     ids = _input_ids(args, reference, candidate)
     result = compare_models(reference, candidate, ids, atol=atol, rtol=rtol, backward=args.backward)
     header = (
-        f"reference: {reference.source} ({reference.backend}, {_DTYPE_NAMES[ref_dtype]})\n"
-        f"candidate: {candidate.source} ({candidate.backend}, {_DTYPE_NAMES[dtype]})\n"
+        f"reference: {reference.source} ({reference.backend}, {dtype_name(ref_dtype)})\n"
+        f"candidate: {candidate.source} ({candidate.backend}, {dtype_name(dtype)})\n"
         f"input: {ids.shape[1]} tokens on {device}"
     )
     return result, header
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0 when every compared tensor is within tolerance, 1 when one is not, 2 on a usage error."""
+    """Exit 0 when every compared tensor is within tolerance, 1 when one is not, 2 on a usage error.
+
+    Every `TorchformersError` (a bad path, config, checkpoint or tokenizer) is one line on stderr
+    (`compare: error: ...`; the traceback with `TORCHFORMERS_DEBUG=1`).
+    """
     args = build_parser().parse_args(argv)
     try:
         result, header = run(args)
-    except CompareError as err:
+    except TorchformersError as err:
+        if os.environ.get("TORCHFORMERS_DEBUG") == "1":
+            raise
         print(f"compare: error: {err}", file=sys.stderr)
         return 2
     print(header)

