@@ -21,8 +21,10 @@ demo: setup
 	$(PY) run_mindformer.py --config configs/smollm2/predict_smollm2_135m.yaml \
 		--predict_data "What is the capital of France?"
 
+# ruff, then the import layers (pyproject.toml [tool.importlinter]: each layer imports only from those below)
 lint: setup
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 test: setup lint
 	$(PY) -m pytest -q -m "not gpu"
