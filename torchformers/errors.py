@@ -19,6 +19,7 @@ The classes also derive from the built-in exception their callers caught before 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 __all__ = [
@@ -89,8 +90,6 @@ def run_cli(main, *args, errors: tuple[type[BaseException], ...] = ()) -> int:
 
     `TORCHFORMERS_DEBUG=1` re-raises instead, to show the traceback.
     """
-    import sys
-
     try:
         result = main(*args)
     except (TorchformersError, *errors) as err:

@@ -172,7 +172,6 @@ class BaseTrainer:
     def build_network(self, config, checkpoint: str | None = None):
         """Build the model from `model:`, load weights or a train state from `checkpoint` (else
         `load_checkpoint`, else `checkpoint_name_or_path`) through the one loader, apply `pet_config`."""
-        import torchformers.models  # noqa: F401  (start-up time: registers the library's models when first needed)
 
         if not isinstance(config.get("model"), Mapping):
             raise ConfigError(f"{config.source_file}: the config has no 'model' section")
@@ -220,8 +219,6 @@ class BaseTrainer:
                 dataset_config["rank_id"] = dims.dp_coordinate(torch.distributed.get_rank())
                 dataset_config["device_num"] = dims.dp
         task["dataset_config"] = dataset_config
-        import torchformers.dataset  # noqa: F401  (registers the library's data sets)
-
         return build_dataset(task)
 
     def build_callbacks(self, config, extra: list | None = None) -> list:
@@ -397,7 +394,6 @@ class BaseTrainer:
 
     def _bare(self, config):
         """The network without loading `load_checkpoint` (its weights come from the resume train state)."""
-        import torchformers.models  # noqa: F401  (start-up time: registers the library's models when first needed)
 
         model = build_model(config.model)
         pet_config = config.get_value("model.model_config.pet_config")

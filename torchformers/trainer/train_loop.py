@@ -22,12 +22,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from torchformers.parallel.checkpoint import (
+    full_model_state,
+    is_distributed_model,
+    is_sharded_train_state,
+    load_sharded_train_state,
+    save_sharded_train_state,
+)
 from torchformers.tools.logger import logger
 from torchformers.trainer.callbacks import Callback, CheckpointMonitor, RunContext
 from torchformers.trainer.checkpointing import (
+    atomic_save_tensors,
     get_rng_state,
     load_train_state,
     model_state_to_save,
+    save_train_state,
     set_rng_state,
 )
 from torchformers.trainer.wrapper import NonFiniteLossError
@@ -116,8 +125,6 @@ class TrainLoop:
             "loss": ctx.loss,
             **self.extra_info,
         }
-        from torchformers.parallel.checkpoint import is_distributed_model, save_sharded_train_state
-        from torchformers.trainer.checkpointing import save_train_state
 
         if is_distributed_model(self.model):
             save_sharded_train_state(path, self.model, self.optimizer, info)
@@ -126,8 +133,6 @@ class TrainLoop:
 
     def save_weights(self, monitor: CheckpointMonitor, ctx: RunContext) -> None:
         """Weights only (`checkpoint_network/`) and, for LoRA or save_trainable_params, the trainable ones."""
-        from torchformers.parallel.checkpoint import full_model_state, is_distributed_model
-        from torchformers.trainer.checkpointing import atomic_save_tensors
 
         lora = getattr(self.model, "pet_config", None) is not None
         name = monitor.file_name(ctx)
@@ -182,7 +187,6 @@ class TrainLoop:
 
         start_epoch, skip, info = 0, 0, None
         if resume_from is not None:
-            from torchformers.parallel.checkpoint import is_sharded_train_state, load_sharded_train_state
 
             load = load_sharded_train_state if is_sharded_train_state(resume_from) else load_train_state
             info = load(resume_from, self.model, self.optimizer)

@@ -21,6 +21,7 @@ from torch import nn
 from torchformers.errors import ConfigError, TrainingError
 from torchformers.tools.logger import logger
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
+from torchformers.tools.register.build import build_wrapper
 
 __all__ = [
     "DynamicLossScaleUpdateCell",
@@ -76,8 +77,6 @@ def _scale_cell(scale_sense):
     if isinstance(scale_sense, (int, float)) and not isinstance(scale_sense, bool):
         return FixedLossScaleUpdateCell(scale_sense)
     if isinstance(scale_sense, Mapping):
-        from torchformers.tools.register.build import build_wrapper
-
         return build_wrapper(scale_sense)
     if hasattr(scale_sense, "make_scaler"):
         return scale_sense
