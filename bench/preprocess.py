@@ -53,6 +53,7 @@ from torchformers.dataset.preprocess import (
     parquet_writer,
     preprocess,
 )
+from torchformers.tools.assets import fetch
 
 ALPACA = Path(__file__).resolve().parents[1] / "tests" / "assets" / "alpaca_tiny.json"
 ROWS_PER_GROUP = 512
@@ -173,8 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model_file = args.model_file
     if model_file is None:
-        from torchformers.tools.assets import fetch
-
         model_file = str(fetch("llama2/tokenizer.model"))
     tokenizer = SentencePieceTokenizer(model_file)
     factory = functools.partial(_same, tokenizer)  # both sides use the tokenizer loaded here
