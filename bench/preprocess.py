@@ -44,15 +44,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from torchformers.tools.dataset_preprocess.llama import alpaca_converter
-from torchformers.tools.dataset_preprocess.llama.llama_preprocess import (
+from torchformers.dataset.preprocess import (
     IGNORE_TOKEN_ID,
     SentencePieceTokenizer,
-    _conversation_messages,
+    alpaca_to_conversations,
+    conversation_messages,
     encode_conversation,
     parquet_writer,
     preprocess,
 )
+from torchformers.tools.assets import fetch
 
 ALPACA = Path(__file__).resolve().parents[1] / "tests" / "assets" / "alpaca_tiny.json"
 ROWS_PER_GROUP = 512
@@ -77,7 +78,7 @@ def plain_loop(path: Path, out: Path, tokenizer, seq_length: int) -> int:
         records = json.load(f)
     with parquet_writer(out, schema) as writer:
         for i, record in enumerate(records):
-            ids, labels, mismatch = encode_conversation(tokenizer, _conversation_messages(record, f"{path}:{i}"))
+            ids, labels, mismatch = encode_conversation(tokenizer, conversation_messages(record, f"{path}:{i}"))
             if mismatch:
                 labels = [IGNORE_TOKEN_ID] * len(labels)
             n = min(len(ids), length)
@@ -173,14 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model_file = args.model_file
     if model_file is None:
-        from torchformers.tools.assets import fetch
-
         model_file = str(fetch("llama2/tokenizer.model"))
     tokenizer = SentencePieceTokenizer(model_file)
     factory = functools.partial(_same, tokenizer)  # both sides use the tokenizer loaded here
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        conv = alpaca_converter.alpaca_to_conversations(json.loads(ALPACA.read_text(encoding="utf-8")))
+        conv = alpaca_to_conversations(json.loads(ALPACA.read_text(encoding="utf-8")))
         data = tmp / "conv.json"
         data.write_text(json.dumps(conv * args.copies), encoding="utf-8")
         n = len(conv) * args.copies

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from torchformers.dataset.preprocess import runner
 from torchformers.tools.dataset_preprocess.llama import alpaca_converter, llama_preprocess
 from torchformers.tools.dataset_preprocess.llama.llama_preprocess import IGNORE_TOKEN_ID, PreprocessError, preprocess
 
@@ -279,7 +280,7 @@ def test_long_samples_are_counted_and_policy_applies(conversation_file, llama2_f
 
 def test_interrupted_run_leaves_no_output(conversation_file, llama2_factory, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = llama_preprocess.encode_conversation
+    real = runner.encode_conversation
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -287,7 +288,7 @@ def test_interrupted_run_leaves_no_output(conversation_file, llama2_factory, tmp
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(llama_preprocess, "encode_conversation", interrupted)
+    monkeypatch.setattr(runner, "encode_conversation", interrupted)
     with pytest.raises(KeyboardInterrupt):
         preprocess(
             "qa",

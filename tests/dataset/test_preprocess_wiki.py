@@ -27,9 +27,8 @@ def test_wiki_packs_all_tokens_once(wiki_text_file, llama2_factory, tmp_path):
                 reference += [tok.bos_token_id, *tok.encode(para), tok.eos_token_id]
     seq_length = 511
     out = tmp_path / "wiki.parquet"
-    import torchformers.tools.dataset_preprocess.llama.llama_preprocess as lp
+    import torchformers.dataset.preprocess.runner as lp
 
-    original = lp._WIKI_READ_BYTES
     lp_iter = lp.iter_wiki_chunks
     lp.iter_wiki_chunks = lambda path: lp_iter(path, read_size=1 << 16)
     try:
@@ -37,7 +36,7 @@ def test_wiki_packs_all_tokens_once(wiki_text_file, llama2_factory, tmp_path):
             "wiki", str(wiki_text_file), out, llama2_factory, seq_length=seq_length, num_workers=2, progress=False
         )
     finally:
-        lp.iter_wiki_chunks, lp._WIKI_READ_BYTES = lp_iter, original
+        lp.iter_wiki_chunks = lp_iter
     table = pq.read_table(out)
     rows = table.column("input_ids").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
     assert rows.shape[1] == seq_length + 1

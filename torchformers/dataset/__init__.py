@@ -1,6 +1,7 @@
 """Data sets: Parquet-backed loaders registered for YAML, and the resumable DataLoader.
 
-Preprocessing lives in `torchformers.tools.dataset_preprocess` (as in MindFormers).
+The preprocessing machinery is `torchformers.dataset.preprocess` (imported on demand: it loads pyarrow);
+its programs are at MindFormers' paths, `torchformers.tools.dataset_preprocess`.
 """
 
 from torchformers.dataset.causal_language_model_dataset import CausalLanguageModelDataset, eod_position_ids

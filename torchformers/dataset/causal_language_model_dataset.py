@@ -19,6 +19,7 @@ import torch
 
 from torchformers.dataset.dataloader import ResumableDataLoader
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
+from torchformers.tools.register.build import build_dataset_loader
 
 __all__ = ["CausalLanguageModelDataset", "eod_position_ids"]
 
@@ -97,8 +98,6 @@ class CausalLanguageModelDataset:
         unknown = sorted(set(kwargs) - _MINDSPORE_ONLY)
         if unknown:
             logger.warning(f"CausalLanguageModelDataset: ignoring unknown dataset config keys {unknown}")
-        from torchformers.tools.register.build import build_dataset_loader
-
         loader_cfg = _plain(data_loader)
         if input_columns:
             loader_cfg.setdefault("columns_list", list(input_columns))

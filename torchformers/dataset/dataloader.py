@@ -17,15 +17,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from torchformers.utils import get_rank, get_world_size
+
 __all__ = ["ResumableBatchSampler", "ResumableDataLoader", "collate_columns", "dp_rank_and_size"]
 
 
 def dp_rank_and_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """Explicit values first, then `torch.distributed` when initialised, else (0, 1)."""
+    """Explicit values first, then `torch.distributed` when initialised, else (0, 1).
+
+    Without a process group the environment's `RANK`/`WORLD_SIZE` are not used: a loader built before
+    `init_process_group` (or outside a launch) reads the whole data set.
+    """
     if rank is None or world_size is None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank = torch.distributed.get_rank() if rank is None else rank
-            world_size = torch.distributed.get_world_size() if world_size is None else world_size
+            rank = get_rank() if rank is None else rank
+            world_size = get_world_size() if world_size is None else world_size
         else:
             rank, world_size = rank or 0, world_size or 1
     if world_size < 1 or not 0 <= rank < world_size:

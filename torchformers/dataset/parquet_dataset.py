@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from torchformers.errors import DataError
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 
 __all__ = ["DatasetFormatError", "ParquetDataset", "resolve_dataset_files"]
@@ -27,7 +28,7 @@ PARQUET_MAGIC = b"PAR1"
 _SKIPPED_SUFFIXES = (".json", ".db", ".md", ".txt")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(DataError):
     """The data set files are missing or not in the expected format."""
 
 
@@ -111,7 +112,7 @@ class ParquetDataset:
         input_columns: list[str] | None = None,
         **kwargs,
     ):
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # start-up time: `import torchformers` does not load pyarrow
 
         source = dataset_dir if dataset_dir is not None else dataset_files
         if source is None:
@@ -152,7 +153,7 @@ class ParquetDataset:
         return self.num_rows
 
     def _file(self, k: int):
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # start-up time: `import torchformers` does not load pyarrow
 
         if self._pid != os.getpid():  # opened handles do not survive fork into DataLoader workers
             self._handles, self._cache, self._pid = {}, collections.OrderedDict(), os.getpid()

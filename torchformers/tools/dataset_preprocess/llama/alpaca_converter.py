@@ -1,10 +1,8 @@
 """Alpaca JSON -> conversation JSON, as MindFormers' `tools/dataset_preprocess/llama/alpaca_converter.py`.
 
-Input: a JSON list of `{"instruction", "input", "output"}` records (extra keys such as `text` are
-ignored). Output: a JSON list of `{"id": "<1-based>", "conversations": [{"from": "human", "value":
-<Alpaca prompt>}, {"from": "gpt", "value": <output>}]}`, written with indent 2 and `ensure_ascii=False`.
-The output file is never overwritten (as MindFormers r1.5) and is written atomically; its folder is
-created when missing.
+The command line over `torchformers.dataset.preprocess.alpaca` (the conversion itself): a JSON list of
+Alpaca records becomes a JSON list of `{"id", "conversations": [human prompt, gpt answer]}`. The
+output file is never overwritten and is written atomically; its folder is created when missing.
 
     python -m torchformers.tools.dataset_preprocess.llama.alpaca_converter \
         --data_path alpaca_data.json --output_path alpaca-data-conversation.json
@@ -13,96 +11,30 @@ created when missing.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from pathlib import Path
 
-__all__ = ["PROMPT_DICT", "ConversionError", "alpaca_to_conversations", "convert", "main"]
+from torchformers.dataset.preprocess.alpaca import PROMPT_DICT, ConversionError, alpaca_to_conversations, convert
+from torchformers.errors import run_cli
 
-PROMPT_DICT = {
-    "prompt_input": (
-        "Below is an instruction that describes a task, paired with an input that provides further context. "
-        "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
-    ),
-    "prompt_no_input": (
-        "Below is an instruction that describes a task. "
-        "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\n{instruction}\n\n### Response:"
-    ),
-}
+__all__ = ["PROMPT_DICT", "ConversionError", "alpaca_to_conversations", "build_parser", "convert", "main"]
 
 
-class ConversionError(ValueError):
-    """The Alpaca input is not what the converter expects."""
-
-
-def alpaca_to_conversations(records: list, source: str = "<input>") -> list[dict]:
-    """Convert Alpaca records to MindFormers' conversation records (ids from "1")."""
-    if not isinstance(records, list):
-        raise ConversionError(f"{source}: expected a JSON list of Alpaca records, got a {type(records).__name__}")
-    out = []
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise ConversionError(f"{source}: record {i} is a {type(rec).__name__}, expected an object")
-        missing = [k for k in ("instruction", "output") if not isinstance(rec.get(k), str)]
-        if missing:
-            raise ConversionError(
-                f"{source}: record {i} lacks the string field(s) {missing} (keys seen: {sorted(rec)})"
-            )
-        template = PROMPT_DICT["prompt_input"] if rec.get("input") else PROMPT_DICT["prompt_no_input"]
-        prompt = template.format(instruction=rec["instruction"], input=rec.get("input", ""))
-        out.append(
-            {
-                "id": str(i + 1),
-                "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": rec["output"]}],
-            }
-        )
-    return out
-
-
-def convert(data_path: str | os.PathLike, output_path: str | os.PathLike) -> int:
-    """Convert the file `data_path` into `output_path`; returns the number of records."""
-    data_path, output_path = Path(data_path), Path(output_path)
-    if output_path.exists():
-        raise ConversionError(f"--output_path {output_path} already exists; remove it or choose another name")
-    if not data_path.is_file():
-        raise ConversionError(f"--data_path {data_path} is not a file")
-    text = data_path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise ConversionError(f"--data_path {data_path} is empty")
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{data_path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}") from None
-    conversations = alpaca_to_conversations(records, str(data_path))
-    try:  # only once the input is known to be good, so a mistake leaves no new folders behind
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConversionError(f"--output_path {output_path}: cannot create its folder ({err})") from None
-    tmp = output_path.with_name(f".{output_path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(conversations, f, ensure_ascii=False, indent=2)
-        os.replace(tmp, output_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return len(conversations)
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_path", type=str, default="alpaca-data.json")
     parser.add_argument("--output_path", type=str, default="alpaca-data-conversation.json")
-    args = parser.parse_args(argv)
-    try:
-        n = convert(args.data_path, args.output_path)
-    except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def _convert(args: argparse.Namespace) -> int:
+    n = convert(args.data_path, args.output_path)
     print(f"wrote {n} conversations to {args.output_path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv`, convert; a bad input is one `error: ...` line on stderr and exit status 2."""
+    return run_cli(_convert, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
