@@ -9,9 +9,9 @@ allocated once, one prefill step runs the prompts, then a one-token decode step 
 back to stop early once every row has finished.
 
 A model using this mixin implements `setup_kv_cache(batch_size, max_length)` (which stores its caches
-and `(batch_size, max_length)` in `generation_state(model)`), `clear_kv_cache()`, `forward_with_cache(input_ids,
-position_ids, cache_position, attention_mask, kv_caches=None) -> (B, vocab)` and
-`prepare_inputs_for_generation`; with `use_past=False` it is called as `model(input_ids,
+and `(batch_size, max_length)` in `generation_state(model)`), `clear_kv_cache()`,
+`forward_with_cache(input_ids, position_ids, cache_position, attention_mask, kv_caches=None) -> (B, vocab)`
+and `prepare_inputs_for_generation`; with `use_past=False` it is called as `model(input_ids,
 position_ids=..., attention_mask=(B, T))` and must return logits `(B, T, vocab)`.
 
 What generation keeps between calls (the caches, the shape they were made for, the compiled decode
