@@ -81,6 +81,7 @@ class LLamaAttention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache_position: torch.Tensor | None = None,
+        *,
         kv_cache: StaticKVCache | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
@@ -133,9 +134,11 @@ class LLamaDecodeLayer(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache_position: torch.Tensor | None = None,
+        *,
         kv_cache: StaticKVCache | None = None,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache_position, kv_cache)
+        # the cache by keyword: tensor parallelism lays out the five positional inputs (PrepareModuleInput)
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache_position, kv_cache=kv_cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -179,7 +182,7 @@ class LlamaModel(nn.Module):
         caches = kv_caches if kv_caches is not None else [None] * len(self.layers)
         with precision:
             for layer, kv_cache in zip(layers, caches):
-                h = layer(h, cos, sin, mask, cache_position, kv_cache)
+                h = layer(h, cos, sin, mask, cache_position, kv_cache=kv_cache)
         return h if self.norm_out is None else self.norm_out(h)
 
     def rope_and_precision(
