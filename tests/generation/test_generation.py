@@ -3,7 +3,9 @@ the text_generation pipeline and the CPU prepacking optimisation."""
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -18,7 +20,9 @@ from torchformers.generation import (
     prepare_for_cpu_inference,
 )
 from torchformers.generation.cpu_inference import PackedLinear, can_prepack
+from torchformers.generation.text_generator import generation_state
 from torchformers.models import LlamaConfig, LlamaForCausalLM
+from torchformers.models.llama.llama import LLamaAttention
 from torchformers.pipeline import pipeline
 
 VOCAB = 128
@@ -208,3 +212,46 @@ def test_compiled_decode_gives_the_same_tokens():
     model = tiny_model()
     eager = greedy(model, [5, 6, 7], 12)
     assert greedy(model, [5, 6, 7], 12, compile_decode=True) == eager
+
+
+def test_generation_state_lives_outside_the_model():
+    model = tiny_model()
+    greedy(model, [5, 6, 7], 4)
+    assert not any(key.startswith("_kv") or key.startswith("_compiled") for key in vars(model))
+    assert not any("cache" in name for name, _ in model.named_modules())
+    model.setup_kv_cache(2, 16)
+    state = generation_state(model)
+    assert len(state.kv_caches) == 2 and state.kv_cache_shape == (2, 16)
+    assert model.kvcache(1)[0].shape == (2, 2, 16, 12)  # (batch, kv heads, slots, head_dim)
+    assert "key_cache" not in " ".join(model.state_dict())
+    model.clear_kv_cache()
+    assert state.kv_caches is None and state.kv_cache_shape is None
+    with pytest.raises(RuntimeError, match="setup_kv_cache"):
+        model.kvcache(0)
+    # the state goes with its model
+    model.setup_kv_cache(1, 8)
+    ref = weakref.ref(model)
+    del model, state
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.skipif(not can_prepack(torch.nn.Linear(2, 2)), reason="oneDNN prepacking unavailable")
+def test_prepare_for_cpu_inference_swaps_whole_modules():
+    model = tiny_model()
+    ids = torch.randint(3, VOCAB, (2, 12))
+    with torch.no_grad():
+        before = model(ids)
+    wrapped = model.model.layers[1].attention
+    wrapped.wq = torch.nn.Sequential(wrapped.wq)  # not a plain Linear (as under LoRA): no fused class
+    prepare_for_cpu_inference(model)
+    attention, feed_forward = model.model.layers[0].attention, model.model.layers[0].feed_forward
+    # generated subclasses, made once per class; the packed matrix keeps the parts' widths
+    assert type(attention).__name__ == "PackedLLamaAttention" and isinstance(attention, LLamaAttention)
+    assert type(feed_forward).__name__ == "PackedLlamaFeedForward"
+    assert type(model.model.layers[1].feed_forward) is type(feed_forward)
+    assert attention.wqkv.split_sizes == (48, 24, 24) and feed_forward.w13.split_sizes == (96, 96)
+    assert type(wrapped) is LLamaAttention and isinstance(wrapped.wq[0], PackedLinear)
+    with torch.no_grad():
+        assert (model(ids) - before).abs().max().item() <= 1e-4
+    assert prepare_for_cpu_inference(model) is model and type(attention).__name__ == "PackedLLamaAttention"

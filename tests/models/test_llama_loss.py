@@ -2,7 +2,8 @@
 
 Reference: `F.cross_entropy(F.linear(x, W).float(), t, reduction="none")` weighted and summed, run by
 autograd; value and gradients of `x` and `W` must match, across several chunks, in fp32, bf16 weights
-and under bf16 autocast (the three ways the trainer runs it).
+and under bf16 autocast (the three ways the trainer runs it). The model runs head + loss under its own
+precision, so the trainer's autocast adds nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torchformers.models import LlamaConfig, LlamaForCausalLM
 from torchformers.models.llama.llama import linear_cross_entropy
 
 
@@ -62,3 +64,41 @@ def test_no_gradient_work_without_grad():
         loss = linear_cross_entropy(x.requires_grad_(), w, torch.arange(5), torch.ones(5))
     assert loss.grad_fn is None
     torch.testing.assert_close(loss, plain(x, w, torch.arange(5), torch.ones(5)))
+
+
+def _mixed_llama(compute_dtype: str) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, n_kv_heads=2, intermediate_size=64,
+                      seq_length=16, compute_dtype=compute_dtype, param_init_type="float32")  # fmt: skip
+    return LlamaForCausalLM(cfg).train()
+
+
+def _loss_and_grads(model: LlamaForCausalLM, ids: torch.Tensor, outer_autocast: bool):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=outer_autocast):
+        loss = model(ids)  # train mode: the scalar loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_model_precision_covers_the_whole_training_forward():
+    """fp32 weights computing in bf16: the model autocasts its layers and its head + loss itself, so the
+    trainer's autocast around the forward changes nothing, bit for bit."""
+    model = _mixed_llama("bfloat16")
+    ids = torch.randint(3, 64, (2, 17))
+    loss, grads = _loss_and_grads(model, ids, outer_autocast=False)
+    loss_outer, grads_outer = _loss_and_grads(model, ids, outer_autocast=True)
+    assert torch.equal(loss, loss_outer)
+    assert all(torch.equal(g, h) for g, h in zip(grads, grads_outer))
+
+    tokens, targets = model.loss_inputs(ids)
+    with torch.no_grad():
+        hidden = model.model(tokens)  # (B, S, hidden)
+        per_token, _ = model.loss_from_hidden(hidden, targets, reduction="none")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            per_token_outer, _ = model.loss_from_hidden(hidden, targets, reduction="none")
+        # the same weights computing in fp32 give other values: the head did run in bf16
+        fp32 = _mixed_llama("float32")
+        fp32.load_state_dict(model.state_dict())
+        per_token_fp32, _ = fp32.loss_from_hidden(hidden, targets, reduction="none")
+    assert torch.equal(per_token, per_token_outer) and not torch.equal(per_token, per_token_fp32)

@@ -1,5 +1,6 @@
 """Generation: `GenerationConfig`, `GenerationMixin.generate`, static KV cache, logits processors,
-streamers, and the CPU inference optimisation `prepare_for_cpu_inference`."""
+streamers, the per-model `GenerationState` (KV caches and compiled decode step, kept outside the model),
+and the CPU inference optimisation `prepare_for_cpu_inference`."""
 
 from torchformers.generation.cpu_inference import prepare_for_cpu_inference
 from torchformers.generation.generation_config import GenerationConfig
@@ -14,13 +15,14 @@ from torchformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 from torchformers.generation.streamers import BaseStreamer, TextIteratorStreamer, TextStreamer
-from torchformers.generation.text_generator import GenerateOutput, GenerationMixin
+from torchformers.generation.text_generator import GenerateOutput, GenerationMixin, GenerationState, generation_state
 
 __all__ = [
     "BaseStreamer",
     "GenerateOutput",
     "GenerationConfig",
     "GenerationMixin",
+    "GenerationState",
     "LogitsProcessor",
     "LogitsProcessorList",
     "MinLengthLogitsProcessor",
@@ -31,5 +33,6 @@ __all__ = [
     "TextStreamer",
     "TopKLogitsWarper",
     "TopPLogitsWarper",
+    "generation_state",
     "prepare_for_cpu_inference",
 ]

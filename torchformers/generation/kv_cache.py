@@ -1,8 +1,9 @@
 """A preallocated (static) key/value cache, one per attention layer (gpt-fast's `KVCache`).
 
 Buffers are allocated once per `generate` call at their final size, so every decode step has the
-same shapes (which is what lets `torch.compile` / CUDA graphs replay it). They are non-persistent:
-a saved model never contains them.
+same shapes (which is what lets `torch.compile` / CUDA graphs replay it). The model does not hold
+them: generation keeps them in its `GenerationState` and passes them to each step, so a saved model
+never contains them.
 """
 
 from __future__ import annotations

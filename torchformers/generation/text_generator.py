@@ -8,16 +8,23 @@ allocated once, one prefill step runs the prompts, then a one-token decode step 
 `torch.compile`d) runs per new token. Sampling stays on the device; the loop reads one flag per step
 back to stop early once every row has finished.
 
-A model using this mixin implements `setup_kv_cache(batch_size, max_length)`, `clear_kv_cache()`,
-`forward_with_cache(input_ids, position_ids, cache_position, attention_mask) -> (B, vocab)` and
-`prepare_inputs_for_generation`; with `use_past=False` it is called as `model(input_ids,
+A model using this mixin implements `setup_kv_cache(batch_size, max_length)` (which stores its caches
+and `(batch_size, max_length)` in `generation_state(model)`), `clear_kv_cache()`,
+`forward_with_cache(input_ids, position_ids, cache_position, attention_mask, kv_caches=None) -> (B, vocab)`
+and `prepare_inputs_for_generation`; with `use_past=False` it is called as `model(input_ids,
 position_ids=..., attention_mask=(B, T))` and must return logits `(B, T, vocab)`.
+
+What generation keeps between calls (the caches, the shape they were made for, the compiled decode
+step) lives in a `GenerationState` held per model outside it, so the model holds its weights only.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +42,7 @@ from torchformers.generation.logits_process import (
     sample_from_logits,
 )
 
-__all__ = ["GenerateOutput", "GenerationMixin"]
+__all__ = ["GenerateOutput", "GenerationMixin", "GenerationState", "generation_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,28 @@ class GenerateOutput:
     sequences: list[np.ndarray]
     scores: list[torch.Tensor] | None = None
     logits: list[torch.Tensor] | None = None
+
+
+@dataclass
+class GenerationState:
+    """What generation keeps for one model between calls."""
+
+    kv_caches: list[Any] | None = None  # one cache per layer, allocated by the model's setup_kv_cache
+    kv_cache_shape: tuple[int, int] | None = None  # (batch, slots) the caches were allocated for
+    compiled_decode: Callable | None = None  # torch.compile of the model class's forward_with_cache
+
+
+# Weak keys: the state goes with its model. No value refers to the model (the compiled step is of the
+# unbound method), or the model would never be freed.
+_STATES: weakref.WeakKeyDictionary[Any, GenerationState] = weakref.WeakKeyDictionary()
+
+
+def generation_state(model: Any) -> GenerationState:
+    """The generation state of `model`, created empty on first use."""
+    state = _STATES.get(model)
+    if state is None:
+        state = _STATES[model] = GenerationState()
+    return state
 
 
 def _to_prompts(input_ids: Any, pad_token_id: int, attention_mask: Any = None) -> list[list[int]]:
@@ -100,19 +129,20 @@ class GenerationMixin:
                 processors.append(TopPLogitsWarper(cfg.top_p))
         return processors
 
-    def _decode_step(self, compile_decode: bool):
+    def _decode_step(self, compile_decode: bool) -> Callable:
         if not compile_decode:
             return self.forward_with_cache
         if any(hasattr(m, "packed_weight") for m in self.modules()):
             # oneDNN-prepacked weights (prepare_for_cpu_inference) are opaque to torch.compile
             logger.warning("generate: compile_decode ignored for a model prepared by prepare_for_cpu_inference")
             return self.forward_with_cache
-        compiled = self.__dict__.get("_compiled_decode")
-        if compiled is None:
+        state = generation_state(self)
+        if state.compiled_decode is None:
             mode = "reduce-overhead" if next(self.parameters()).is_cuda else None
-            compiled = torch.compile(self.forward_with_cache, mode=mode, fullgraph=True, dynamic=False)
-            self.__dict__["_compiled_decode"] = compiled
-        return compiled
+            state.compiled_decode = torch.compile(
+                type(self).forward_with_cache, mode=mode, fullgraph=True, dynamic=False
+            )
+        return functools.partial(state.compiled_decode, self)
 
     @torch.no_grad()
     def generate(
@@ -203,10 +233,10 @@ class GenerationMixin:
         try:
             if cfg.use_past:
                 cache_len = -(-(P + steps) // _CACHE_ALIGN) * _CACHE_ALIGN
-                if self.__dict__.get("_kv_cache_shape") != (B, cache_len):
+                state = generation_state(self)
+                if state.kv_caches is None or state.kv_cache_shape != (B, cache_len):
                     # a compiled decode step is specialised to its cache buffers: reuse them when they fit
                     self.setup_kv_cache(B, cache_len)
-                    self.__dict__["_kv_cache_shape"] = (B, cache_len)
                 slots = torch.arange(cache_len, device=device)
                 kv_valid = torch.zeros(B, cache_len, dtype=torch.bool, device=device)
                 kv_valid[:, :P] = valid
@@ -218,7 +248,7 @@ class GenerationMixin:
                     tokens, position_ids=positions, cache_position=torch.arange(P, device=device),
                     attention_mask=mask[:, None],
                 )  # fmt: skip
-                logits = self.forward_with_cache(**inputs)  # (B, vocab)
+                logits = self.forward_with_cache(**inputs, kv_caches=state.kv_caches)  # (B, vocab)
                 decode = self._decode_step(bool(cfg.compile_decode))
             else:
                 logits = self._full_step(seqs[:, :P], pad)
@@ -246,7 +276,7 @@ class GenerationMixin:
                         next_token[:, None], position_ids=(lengths_t + step)[:, None],
                         cache_position=slots[slot : slot + 1], attention_mask=kv_valid[:, None, None, :],
                     )  # fmt: skip
-                    logits = decode(**inputs)
+                    logits = decode(**inputs, kv_caches=state.kv_caches)
                     if cfg.compile_decode:
                         logits = logits.clone()  # CUDA graph outputs are overwritten by the next replay
                 else:
