@@ -17,7 +17,6 @@ through the one loader, `torchformers.checkpoint.loader`. `runner_config.batch_s
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
@@ -101,10 +100,11 @@ def write_results(results: list, save_file: str | None) -> Path:
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, dataset, device: torch.device, autocast_dtype=None, max_batches=None) -> dict:
+def evaluate_loss(model: nn.Module, dataset, device: torch.device, max_batches: int | None = None) -> dict:
     """Token-weighted mean cross-entropy and perplexity over `dataset` (samples of seq_length + 1 tokens).
 
-    The model's own `compute_loss(..., reduction="none")` decides which tokens are scored, as in training.
+    The model's own `compute_loss(..., reduction="none")` decides which tokens are scored and in which
+    precision it computes, as in training.
     """
     if not callable(getattr(model, "compute_loss", None)):
         raise ConfigError(
@@ -120,10 +120,9 @@ def evaluate_loss(model: nn.Module, dataset, device: torch.device, autocast_dtyp
                 break
             inputs = batch_to_inputs(batch, device)
             ids = inputs["input_ids"]
-            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-                per_token, mask = model.compute_loss(
-                    ids, inputs.get("labels"), loss_mask=inputs.get("loss_mask"), reduction="none"
-                )
+            per_token, mask = model.compute_loss(
+                ids, inputs.get("labels"), loss_mask=inputs.get("loss_mask"), reduction="none"
+            )
             total += float(per_token.float().sum())
             count += int(mask.sum())
     finally:
@@ -374,7 +373,7 @@ class BaseTrainer:
             eval_data = eval_dataset if eval_dataset is not None else self.build_dataset(config, "eval_dataset")
             extra.append(
                 EvalCallBack(
-                    functools.partial(evaluate_loss, network, eval_data, device, step_fn.autocast_dtype),
+                    functools.partial(evaluate_loss, network, eval_data, device),
                     step_interval=int(config.get("eval_step_interval") or 100),
                     epoch_interval=int(config.get("eval_epoch_interval") or -1),
                 )
@@ -409,12 +408,7 @@ class BaseTrainer:
             network = self.build_network(config, checkpoint=checkpoint)
         network.to(device)
         dataset = dataset if dataset is not None else self.build_dataset(config, "eval_dataset")
-        compute_dtype = _compute_dtype(network)
-        param_dtype = next(network.parameters()).dtype
-        autocast = (
-            compute_dtype if compute_dtype in (torch.bfloat16, torch.float16) and compute_dtype != param_dtype else None
-        )
-        metrics = evaluate_loss(network, dataset, device, autocast)
+        metrics = evaluate_loss(network, dataset, device)
         logger.info("eval: loss %.4f, perplexity %.4f over %d tokens", metrics["loss"], metrics["perplexity"],
                     metrics["tokens"])  # fmt: skip
         return metrics

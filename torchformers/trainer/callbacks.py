@@ -133,7 +133,7 @@ class MFLossMonitor(Callback):
         self._steps = 0
         if self.peak is None:
             loop = ctx.loop
-            self.peak = peak_flops(loop.device, getattr(loop.step_fn, "autocast_dtype", None))
+            self.peak = peak_flops(loop.device, getattr(loop.step_fn, "mixed_dtype", None))
 
     def on_train_step_end(self, ctx: RunContext) -> None:
         self._tokens += ctx.tokens

@@ -62,7 +62,7 @@ class AveragedLossStep:
 class PipelineTrainStep:
     """The `runner_wrapper` step under pipeline parallelism: `__call__(micro_batches) -> StepOutput`.
 
-    Takes gradient clipping and the autocast dtype from the step it replaces (`MFTrainOneStepCell`);
+    Takes gradient clipping and the mixed-precision dtype from the step it replaces (`MFTrainOneStepCell`);
     the gradient norm is summed over the stages before clipping, so clipping acts as on one device.
     fp16 loss scaling is not supported here.
     """
@@ -73,7 +73,7 @@ class PipelineTrainStep:
         self.model, self.inner, self.device = model, inner, device
         self.optimizer = inner.optimizer
         self.scaler = None
-        self.autocast_dtype = inner.autocast_dtype
+        self.mixed_dtype = inner.mixed_dtype
         self.group = pp_mesh.get_group()
         self.stage_index = pp_mesh.get_local_rank()
         self.num_stages = pp_mesh.size()
@@ -107,13 +107,12 @@ class PipelineTrainStep:
                     f"parallel_config.micro_batch_num ({self.micro_batch_num})"
                 )
             losses: list[torch.Tensor] = []
-            with self.inner.autocast():
-                if self.first:
-                    self.schedule.step(x)
-                elif self.last:
-                    self.schedule.step(target=targets, losses=losses)
-                else:
-                    self.schedule.step()
+            if self.first:
+                self.schedule.step(x)
+            elif self.last:
+                self.schedule.step(target=targets, losses=losses)
+            else:
+                self.schedule.step()
             if self.last:
                 total += sum(float(v) for v in losses)
         # the last stage knows the loss; every rank reports it

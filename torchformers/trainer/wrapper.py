@@ -1,12 +1,13 @@
 """The training step: `runner_wrapper` (MindFormers `MFTrainOneStepCell`) on PyTorch.
 
 `MFTrainOneStepCell(network, optimizer, use_clip_grad=True, max_grad_norm=1.0, scale_sense=1.0, ...)`
-runs one optimizer step over `gradient_accumulation_steps` micro-batches: forward under autocast in
-the model's `compute_dtype`, backward, gradient clipping (global norm, as MindFormers' `ClipGradNorm`),
-optimizer step. `scale_sense` is MindFormers' loss scale: a number (fixed scale) or a
-`DynamicLossScaleUpdateCell` / `FixedLossScaleUpdateCell` block. Loss scaling exists to keep fp16
-gradients from underflowing, so it is applied (through `torch.amp.GradScaler`) only when the compute
-dtype is float16; with bfloat16 or float32 it would only cost time and is skipped.
+runs one optimizer step over `gradient_accumulation_steps` micro-batches: forward (the model computes
+in its own `compute_dtype`, as MindFormers' cells do: no autocast here), backward, gradient clipping
+(global norm, as MindFormers' `ClipGradNorm`), optimizer step. `scale_sense` is MindFormers' loss
+scale: a number (fixed scale) or a `DynamicLossScaleUpdateCell` / `FixedLossScaleUpdateCell` block.
+Loss scaling exists to keep fp16 gradients from underflowing, so it is applied (through
+`torch.amp.GradScaler`) only when the compute dtype is float16; with bfloat16 or float32 it would only
+cost time and is skipped.
 """
 
 from __future__ import annotations
@@ -146,23 +147,19 @@ class MFTrainOneStepCell:
         self.device = device or next(network.parameters()).device
         self.params = [p for p in network.parameters() if p.requires_grad]
         param_dtype = self.params[0].dtype if self.params else torch.float32
-        self.autocast_dtype = (
+        # the dtype a mixed-precision model computes in (weights stored in another): decides fp16 loss scaling
+        self.mixed_dtype = (
             compute_dtype if compute_dtype in (torch.float16, torch.bfloat16) and compute_dtype != param_dtype else None
         )
         cell = _scale_cell(scale_sense)
         self.scaler = None
         self.fixed_scale = None
-        if self.autocast_dtype == torch.float16 and cell is not None:
+        if self.mixed_dtype == torch.float16 and cell is not None:
             self.scaler = cell.make_scaler(self.device)
             if getattr(cell, "fixed", False):
                 self.fixed_scale = cell.loss_scale_value
         elif cell is not None and not (isinstance(scale_sense, (int, float)) and float(scale_sense) == 1.0):
             logger.info("runner_wrapper.scale_sense: loss scaling is only used with float16 compute; skipped")
-
-    def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def __call__(self, micro_batches: list) -> StepOutput:
         model, n = self.network, len(micro_batches)
@@ -175,8 +172,7 @@ class MFTrainOneStepCell:
             if i < n - 1 and hasattr(model, "no_sync"):
                 sync = model.no_sync()
             with sync:
-                with self.autocast():
-                    loss = model(**inputs)
+                loss = model(**inputs)  # the model computes in its compute_dtype itself (no autocast here)
                 if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
                     raise TypeError(
                         f"{type(model).__name__} in train mode must return the scalar loss, got {type(loss).__name__}"
