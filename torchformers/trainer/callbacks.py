@@ -337,7 +337,7 @@ class MetricsWriter(Callback):
         if self.path is None:
             return
         self._file.close()
-        try:
+        try:  # optional dependency (the `plot` extra)
             import matplotlib
 
             matplotlib.use("Agg")
@@ -370,7 +370,7 @@ class TensorBoardWriter(Callback):
         return True
 
     def on_train_begin(self, ctx: RunContext) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional dependency: needs the tensorboard package
 
         self.writer = SummaryWriter(str(Path(ctx.output_dir) / "tensorboard" / f"rank_{ctx.rank}"))
 

@@ -29,7 +29,7 @@ _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
 def sentencepiece_to_tokenizer(model_file: str | os.PathLike) -> Tokenizer:
     """A `tokenizers.Tokenizer` equivalent to the sentencepiece BPE model in `model_file`."""
-    from sentencepiece import sentencepiece_model_pb2
+    from sentencepiece import sentencepiece_model_pb2  # start-up time: loads protobuf, needed only here
 
     proto = sentencepiece_model_pb2.ModelProto()
     try:
