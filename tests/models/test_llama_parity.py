@@ -168,19 +168,23 @@ def test_forward_accepts_mindformers_arguments():
     ids = torch.randint(3, BASE["vocab_size"], (2, 10))
     with torch.no_grad():
         full = ours(ids)
-        # MindFormers' leading arguments in their order; Ascend-only inputs are accepted by keyword and ignored
-        same = ours(ids, None, None, None, None, None, init_reset=None, slot_mapping=torch.ones(20), q_seq_lens=None)
+        # positional order of MindFormers' construct; Ascend-only inputs are ignored
+        same = ours(ids, None, None, None, None, None, None, None, None, None, None, torch.ones(20))
+        # the same by keyword
+        same_kw = ours(ids, None, None, None, None, None, init_reset=None, slot_mapping=torch.ones(20), q_seq_lens=None)
         last = ours(ids, batch_valid_length=torch.tensor([10, 6]))
         # inputs with no PyTorch implementation are accepted as None only
         none = ours(ids, prefix_keys_values=None, gather_index=None, seq_range=None, actual_seq_len=None)
-    assert torch.equal(full, same) and torch.equal(full, none)
+    assert torch.equal(full, same) and torch.equal(full, same_kw) and torch.equal(full, none)
     assert torch.allclose(last[0], full[0, 9], atol=1e-5) and torch.allclose(last[1], full[1, 5], atol=1e-5)
     with pytest.raises(NotImplementedError, match="prefix_keys_values"):
         ours(ids, prefix_keys_values=torch.zeros(1))
     with pytest.raises(NotImplementedError, match="actual_seq_len"):
         ours(ids, actual_seq_len=torch.zeros(1))
-    # an unknown keyword is named; the Ascend-only inputs are keyword-only
+    # an unknown keyword is named; more positional inputs than MindFormers' construct takes are refused
     with pytest.raises(TypeError, match="'block_table'"):
         ours(ids, block_table=None)
     with pytest.raises(TypeError, match="positional"):
-        ours(ids, None, None, None, None, None, None)
+        ours(ids, *([None] * 19))
+    with pytest.raises(TypeError, match="multiple values"):
+        ours(ids, None, None, None, None, None, None, torch.tensor([10, 6]), batch_valid_length=torch.tensor([1, 1]))

@@ -14,7 +14,7 @@ from outside, and generation passes its KV caches in (`generation/text_generator
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -265,20 +265,22 @@ class LlamaForCausalLM(PretrainedModel):
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         input_embeds: torch.Tensor | None = None,
-        *,
+        *construct_tail: Any,
         batch_valid_length: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
-        **mindformers_inputs: Any,
+        **construct_kwargs: Any,
     ) -> torch.Tensor:
         """MindFormers' leading arguments in MindFormers' order; `input_position` is ignored.
 
         `attention_mask` may be a `(B, T)` 1/0 padding mask or a boolean `(B, 1, T, T)` mask (True =
-        attend). The rest of MindFormers' `construct` arguments are accepted by keyword: the Ascend
-        paged-attention and deprecated ones (`_IgnoredInputs`) are ignored, those with no PyTorch
-        implementation (`_UnsupportedInputs`) raise NotImplementedError unless None; any other
-        keyword raises TypeError.
+        attend). The rest of MindFormers' `construct` arguments (`_CONSTRUCT_TAIL`, in its order) may
+        follow positionally or by keyword: the Ascend paged-attention and deprecated ones are ignored,
+        those with no PyTorch implementation (`_UNSUPPORTED`) raise NotImplementedError unless None;
+        any other keyword raises TypeError.
         """
-        _check_mindformers_inputs(mindformers_inputs)
+        tail = _construct_inputs(construct_tail, construct_kwargs)
+        batch_valid_length = _one_of(tail, "batch_valid_length", batch_valid_length)
+        loss_mask = _one_of(tail, "loss_mask", loss_mask)
         if self.training:
             return self.compute_loss(input_ids, labels, loss_mask=loss_mask, input_embeds=input_embeds)
         T = (input_ids if input_ids is not None else input_embeds).shape[1]
@@ -429,37 +431,45 @@ def _attention_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor
     return mask | torch.eye(T, dtype=torch.bool, device=keep.device)[None, None]
 
 
-class _IgnoredInputs(NamedTuple):
-    """MindFormers `construct` inputs for Ascend paged attention, and deprecated ones: accepted, ignored."""
-
-    init_reset: Any = None
-    batch_index: Any = None
-    zactivate_len: Any = None
-    block_tables: Any = None
-    slot_mapping: Any = None
-    llm_boost_inputs: Any = None
-    q_seq_lens: Any = None
-
-
-class _UnsupportedInputs(NamedTuple):
-    """MindFormers `construct` inputs with no PyTorch implementation: accepted only as None."""
-
-    prefix_keys_values: Any = None
-    gather_index: Any = None
-    seq_range: Any = None
-    actual_seq_len: Any = None
+# MindFormers' `LlamaForCausalLM.construct` arguments after `input_embeds`, in its order
+_CONSTRUCT_TAIL = (
+    "init_reset", "batch_valid_length", "batch_index", "zactivate_len", "block_tables", "slot_mapping",
+    "prefix_keys_values", "llm_boost_inputs", "q_seq_lens", "loss_mask", "gather_index", "seq_range",
+    "actual_seq_len",
+)  # fmt: skip
+# inputs with no PyTorch implementation: accepted only as None (the others are Ascend paged attention or
+# deprecated: accepted and ignored)
+_UNSUPPORTED = ("prefix_keys_values", "gather_index", "seq_range", "actual_seq_len")
 
 
-def _check_mindformers_inputs(inputs: dict[str, Any]) -> None:
-    """Keyword inputs of `LlamaForCausalLM.forward` beyond its named parameters (see its docstring)."""
-    known = _IgnoredInputs._fields + _UnsupportedInputs._fields
-    for name in inputs:
-        if name not in known:
+def _construct_inputs(positional: tuple, keywords: dict[str, Any]) -> dict[str, Any]:
+    """MindFormers' trailing `construct` inputs, given positionally (in `_CONSTRUCT_TAIL` order) or by
+    keyword, as one checked mapping (see `LlamaForCausalLM.forward`)."""
+    if len(positional) > len(_CONSTRUCT_TAIL):
+        raise TypeError(
+            f"LlamaForCausalLM.forward() takes at most {6 + len(_CONSTRUCT_TAIL)} positional arguments "
+            f"(MindFormers' construct), got {6 + len(positional)}"
+        )
+    inputs = dict(zip(_CONSTRUCT_TAIL, positional))
+    for name, value in keywords.items():
+        if name not in _CONSTRUCT_TAIL:
             raise TypeError(
                 f"LlamaForCausalLM.forward() got an unexpected keyword argument {name!r}; "
-                f"MindFormers' other inputs are {', '.join(known)}"
+                f"MindFormers' other inputs are {', '.join(_CONSTRUCT_TAIL)}"
             )
-    unsupported = _UnsupportedInputs(**{k: v for k, v in inputs.items() if k in _UnsupportedInputs._fields})
-    for name, value in zip(unsupported._fields, unsupported):
-        if value is not None:
+        if name in inputs:
+            raise TypeError(f"LlamaForCausalLM.forward() got multiple values for argument {name!r}")
+        inputs[name] = value
+    for name in _UNSUPPORTED:
+        if inputs.get(name) is not None:
             raise NotImplementedError(f"LlamaForCausalLM.forward: {name} is not supported on PyTorch")
+    return inputs
+
+
+def _one_of(inputs: dict[str, Any], name: str, keyword: Any) -> Any:
+    """`name` given either positionally (in `inputs`) or by its keyword parameter, not both."""
+    if name in inputs and inputs[name] is not None:
+        if keyword is not None:
+            raise TypeError(f"LlamaForCausalLM.forward() got multiple values for argument {name!r}")
+        return inputs[name]
+    return keyword
