@@ -1,29 +1,45 @@
 """The class registry: YAML `type:` names resolve here, and only here.
 
 Mirrors MindFormers' `mindformers/tools/register/register.py`: `MindFormerModuleType` holds the 27
-module types, `MindFormerRegister` maps `(module_type, name) -> class`. Two differences, both for
-safety: registering a *different* class under a name already taken is an error (re-registering the
-same class, e.g. on a module reload, is fine), and `auto_register` imports the user's file straight
-from the register path instead of copying it into a cache under the current directory.
+module types, `MindFormerRegister` maps `(module_type, name) -> class`. As in MindFormers, registering
+a class under a name already taken replaces the earlier class (logged at debug level), `register` and
+`register_cls` take `legacy` and `search_names`, and user errors are also the builtin types MindFormers
+raises (`TypeError`, `KeyError`, `EnvironmentError`). One difference: `auto_register` imports the user's
+file straight from the register path (as a module of a package, so relative imports work) instead of
+copying it into a cache under the current directory. Model families (`register_model_spec`) are ours: a
+different family under a taken family name stays an error.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 
 from torchformers.errors import RegistryError
 from torchformers.tools.logger import logger
 from torchformers.tools.register.spec import ModelSpec
 
-__all__ = ["MindFormerModuleType", "MindFormerRegister", "RegistryError"]
+__all__ = [
+    "ConfigTypeError",
+    "MindFormerModuleType",
+    "MindFormerRegister",
+    "MissingTypeError",
+    "RegisterPathError",
+    "RegistryError",
+]
 
 REGISTER_PATH_ENV = "REGISTER_PATH"
+NEW_CLASS_PREFIX = "mcore_"  # MindFormers' key prefix for non-legacy (mcore) MODELS and CONFIG classes
 
 
 class MindFormerModuleType:
@@ -66,31 +82,66 @@ class MindFormerRegister:
     """Registry of classes by module type and name (all methods are classmethods)."""
 
     registry: dict[str, dict[str, type]] = {}
+    search_names_map: dict[tuple[str, str], str] = {}  # (module_type, search name) -> registered name
     model_specs: dict[str, ModelSpec] = {}
 
     @classmethod
-    def register(cls, module_type: str = MindFormerModuleType.TOOLS, alias: str | None = None):
-        """Decorator: `@MindFormerRegister.register(MindFormerModuleType.MODELS)`."""
+    def register(
+        cls,
+        module_type: str = MindFormerModuleType.TOOLS,
+        alias: str | None = None,
+        legacy: bool = True,
+        search_names=None,
+    ):
+        """Decorator: `@MindFormerRegister.register(MindFormerModuleType.MODELS)`; see `register_cls`."""
 
         def wrapper(register_class):
-            cls.register_cls(register_class, module_type=module_type, alias=alias)
+            cls.register_cls(
+                register_class, module_type=module_type, alias=alias, legacy=legacy, search_names=search_names
+            )
             return register_class
 
         return wrapper
 
     @classmethod
-    def register_cls(cls, register_class, module_type: str = MindFormerModuleType.TOOLS, alias: str | None = None):
-        """Register `register_class` under `alias` or its own `__name__`."""
-        name = alias if alias is not None else register_class.__name__
+    def register_cls(
+        cls,
+        register_class,
+        module_type: str = MindFormerModuleType.TOOLS,
+        alias: str | None = None,
+        legacy: bool = True,
+        search_names=None,
+    ):
+        """Register `register_class` under `alias` or its own `__name__`; returns the class.
+
+        A different class under a name already taken replaces the earlier one (MindFormers does the same
+        silently; here a debug line says so). `legacy=False` marks a MindFormers mcore class: MODELS and
+        CONFIG classes are then stored under `mcore_<name>`, as MindFormers does (lookups here are always
+        the legacy ones, so such a class is found by that prefixed name). `search_names` (a string or a
+        list, tuple or set of strings) are further names that find the class.
+        """
+        name = _prefixed(module_type, alias if alias is not None else register_class.__name__, legacy)
         table = cls.registry.setdefault(module_type, {})
         existing = table.get(name)
-        if existing is not None and existing is not register_class and not _same_class(existing, register_class):
-            raise RegistryError(
-                f"{module_type} registry: the name {name!r} is already taken by "
-                f"{existing.__module__}.{existing.__qualname__}; cannot register "
-                f"{register_class.__module__}.{register_class.__qualname__} under it (pass alias= to rename)"
-            )
+        if existing is not None and existing is not register_class:
+            logger.debug(
+                "%s registry: %r now names %s.%s (was %s.%s)", module_type, name, register_class.__module__,
+                register_class.__qualname__, existing.__module__, existing.__qualname__,
+            )  # fmt: skip
         table[name] = register_class
+        if search_names is None:
+            names = []
+        elif isinstance(search_names, str):
+            names = [search_names]
+        elif isinstance(search_names, (list, tuple, set)) and all(isinstance(n, str) for n in search_names):
+            names = list(search_names)
+        else:
+            raise RegistryError(
+                f"register {register_class.__name__}: search_names must be a string or a list, tuple or set of "
+                f"strings, got {search_names!r}"
+            )
+        for search_name in names:
+            cls.search_names_map[(module_type, _prefixed(module_type, search_name, legacy))] = name
         return register_class
 
     @classmethod
@@ -147,14 +198,23 @@ class MindFormerRegister:
     def is_exist(cls, module_type: str, class_name: str | None = None) -> bool:
         if class_name is None:
             return module_type in cls.registry
-        return class_name in cls.registry.get(module_type, {})
+        return cls._registered_name(module_type, class_name) in cls.registry.get(module_type, {})
+
+    @classmethod
+    def _registered_name(cls, module_type: str, class_name: str) -> str:
+        """The registry key a lookup of `class_name` uses: the name itself, or the class a search name maps to."""
+        table = cls.registry.get(module_type, {})
+        if class_name not in table and (module_type, class_name) in cls.search_names_map:
+            return cls.search_names_map[(module_type, class_name)]
+        return class_name
 
     @classmethod
     def get_cls(cls, module_type: str, class_name: str):
         """Return the class registered as `class_name`, or raise naming what is registered."""
         table = cls.registry.get(module_type, {})
-        if class_name in table:
-            return table[class_name]
+        key = cls._registered_name(module_type, class_name) if isinstance(class_name, str) else class_name
+        if key in table:
+            return table[key]
         known = ", ".join(sorted(table)) or "nothing"
         hint = _did_you_mean(class_name, table)
         raise RegistryError(
@@ -171,11 +231,15 @@ class MindFormerRegister:
         name or a class. `default_args` override values of the same key in the block.
         """
         if not isinstance(cfg, Mapping):
-            raise RegistryError(f"a {module_type} config must be a mapping with a 'type' key, got {type(cfg).__name__}")
+            raise ConfigTypeError(
+                f"a {module_type} config must be a mapping with a 'type' key, got {type(cfg).__name__}: {cfg!r}"
+            )
         if "auto_register" in cfg:
             cls.auto_register(_pop(cfg, "auto_register"), module_type)
         if "type" not in cfg:
-            raise RegistryError(f"the {module_type} config {dict(cfg)!r} has no 'type' key")
+            raise MissingTypeError(
+                f"the {module_type} config {dict(cfg)!r} has no 'type' key (expected the class name)"
+            )
         args = {k: v for k, v in copy.copy(dict(cfg)).items()}
         if default_args is not None:
             args.update(dict(default_args))
@@ -206,13 +270,16 @@ class MindFormerRegister:
         module_file, class_name = class_reference.split(".")
         register_path = os.environ.get(REGISTER_PATH_ENV, "")
         if not register_path:
-            raise RegistryError(
+            raise RegisterPathError(
                 f"auto_register: {class_reference!r} needs a register path: pass --register_path DIR to "
                 f"run_mindformer.py or set the environment variable {REGISTER_PATH_ENV}"
             )
         folder = Path(register_path).expanduser().resolve()
         if not folder.is_dir():
-            raise RegistryError(f"auto_register: the register path {str(folder)!r} is not a folder")
+            raise RegisterPathError(
+                f"auto_register: the register path {str(folder)!r} (environment variable {REGISTER_PATH_ENV}) "
+                "is not a folder"
+            )
         module = import_module_from_folder(folder, module_file)
         if not hasattr(module, class_name):
             defined = sorted(
@@ -227,30 +294,145 @@ class MindFormerRegister:
         return module_class
 
 
-def import_module_from_folder(folder: Path, module_file: str):
-    """Import `folder/module_file.py` under its plain name, with `folder` on `sys.path`.
+def import_module_from_folder(folder: Path, module_file: str) -> ModuleType:
+    """Import `folder/module_file.py` as a module of a package, so relative imports in it work.
 
-    The folder goes on `sys.path` so the user's file can import its siblings by plain name, the way
-    MindFormers' research code does. A module of that name already imported from the same file is
-    reused.
+    The package is the folder's dotted name below a `sys.path` entry when it has one (the repository
+    root, as MindFormers' run_mindformer.py puts on `sys.path`: `research/x` -> `research.x.module_file`,
+    the same module a `from research.x.module_file import C` elsewhere gets); else a package made for the
+    folder (running its `__init__.py` when it has one). The module is also entered under its plain name
+    (unless that name belongs to another file), and the folder goes on `sys.path`, so files that import
+    their siblings by plain name, as MindFormers' research code does, get the same module. A module
+    already imported from the same file is reused.
     """
+    folder = Path(folder).resolve()
     path = folder / f"{module_file}.py"
     if not path.is_file():
         raise RegistryError(f"auto_register: the file {path} does not exist (register path {folder})")
-    loaded = sys.modules.get(module_file)
-    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
-        return loaded
+    package = _package_below_sys_path(folder)
+    names = [module_file] + ([f"{package}.{module_file}"] if package else [])
+    for name in names:
+        loaded = sys.modules.get(name)
+        if loaded is not None and _file_of(loaded) == path:
+            return loaded
     if str(folder) not in sys.path:
         sys.path.append(str(folder))
-    spec = importlib.util.spec_from_file_location(module_file, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_file] = module
     try:
-        spec.loader.exec_module(module)
+        if package is None:
+            package = _folder_package(folder)
+        _SiblingFinder.install(folder, package)
+        module = importlib.import_module(f"{package}.{module_file}")
     except Exception as err:
-        del sys.modules[module_file]
         raise RegistryError(f"auto_register: importing {path} failed: {type(err).__name__}: {err}") from err
+    plain = sys.modules.get(module_file)
+    if plain is None or _file_of(plain) == path:
+        sys.modules[module_file] = module
     return module
+
+
+class _SiblingFinder(importlib.abc.MetaPathFinder):
+    """Plain-name imports of files in a register path (`import sibling`, the folder being on `sys.path`)
+    resolve to the module the folder's package holds (`research.x.sibling`), so each file is one module.
+
+    Only a name the ordinary path search would find in that folder is taken over, so what a plain import
+    finds does not change, only under which name it is loaded.
+    """
+
+    folders: dict[Path, str] = {}  # register folder -> its package name
+
+    @classmethod
+    def install(cls, folder: Path, package: str) -> None:
+        cls.folders[folder] = package
+        if not any(isinstance(finder, cls) for finder in sys.meta_path):
+            sys.meta_path.insert(0, cls())
+
+    def find_spec(self, fullname, path=None, target=None):
+        if path is not None or "." in fullname or not self.folders:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname)
+        origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+        package = self.folders.get(origin.parent) if origin is not None and origin.suffix == ".py" else None
+        if package is None or origin.name == "__init__.py":
+            return None
+        return importlib.util.spec_from_loader(fullname, _AliasLoader(f"{package}.{fullname}"))
+
+
+class _AliasLoader(importlib.abc.Loader):
+    """Loads a plain name as the already importable package module `target` (see `_SiblingFinder`)."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def create_module(self, spec):
+        return importlib.import_module(self.target)
+
+    def exec_module(self, module) -> None:
+        pass  # create_module returned the target module, already executed
+
+
+def _file_of(module: ModuleType) -> Path | None:
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve() if file else None
+
+
+def _package_below_sys_path(folder: Path) -> str | None:
+    """`folder`'s dotted name below the highest `sys.path` entry it lies under (every part an identifier,
+    the top name found there by the import system), or None."""
+    best = None
+    for entry in sys.path:
+        try:
+            root = Path(entry or os.getcwd()).resolve()
+            parts = folder.relative_to(root).parts
+        except (ValueError, OSError):
+            continue
+        if not parts or not all(part.isidentifier() for part in parts) or (best and len(parts) <= len(best)):
+            continue
+        try:
+            spec = importlib.util.find_spec(parts[0])
+        except (ImportError, ValueError):
+            continue
+        locations = [str(Path(loc).resolve()) for loc in (spec.submodule_search_locations or [])] if spec else []
+        if str(root / parts[0]) in locations:
+            best = parts
+    return ".".join(best) if best else None
+
+
+def _folder_package(folder: Path) -> str:
+    """A package for `folder` outside every `sys.path` entry, named after it; returns the name."""
+    name = "_register_path_" + re.sub(r"\W", "_", str(folder)).strip("_")
+    if name in sys.modules:
+        return name
+    init = folder / "__init__.py"
+    if init.is_file():
+        spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(folder)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        try:
+            spec.loader.exec_module(package)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    else:
+        package = ModuleType(name, f"the register path {folder}")
+        package.__path__ = [str(folder)]
+        package.__package__ = name
+        sys.modules[name] = package
+    return name
+
+
+class ConfigTypeError(RegistryError, TypeError):
+    """A config block is not a mapping (a TypeError, as in MindFormers)."""
+
+
+class MissingTypeError(RegistryError, KeyError):
+    """A config block has no `type` key (a KeyError, as in MindFormers)."""
+
+    def __str__(self) -> str:  # the message itself, not KeyError's quoted repr of it
+        return str(self.args[0]) if self.args else ""
+
+
+class RegisterPathError(RegistryError, OSError):
+    """`auto_register` has no usable register path (an EnvironmentError, as in MindFormers)."""
 
 
 class ArgumentError(RegistryError, TypeError):
@@ -286,8 +468,20 @@ def _pop(cfg, key):
 
 
 def _same_class(a, b) -> bool:
-    """The same class defined twice (a module imported again, e.g. by tests): not a conflict."""
-    return a.__module__ == b.__module__ and a.__qualname__ == b.__qualname__
+    """The same class defined twice (a module imported again, or one file imported under two module names,
+    e.g. `research.x.mod` and `mod`): not a conflict."""
+    if a.__qualname__ != b.__qualname__:
+        return False
+    if a.__module__ == b.__module__:
+        return True
+    files = [_file_of(sys.modules[c.__module__]) if c.__module__ in sys.modules else None for c in (a, b)]
+    return files[0] is not None and files[0] == files[1]
+
+
+def _prefixed(module_type: str, name: str, legacy: bool) -> str:
+    if not legacy and module_type in (MindFormerModuleType.MODELS, MindFormerModuleType.CONFIG):
+        return NEW_CLASS_PREFIX + name
+    return name
 
 
 def _did_you_mean(name: str, candidates) -> str:
