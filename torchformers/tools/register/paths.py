@@ -46,7 +46,8 @@ def import_register_path(path: str, what: str = "--register_path") -> list[Modul
     registry decorators).
 
     For the tools without a YAML to name modules through `auto_register` (`convert_weight.py`, the asset
-    fetcher). Modules are imported as `auto_register` imports them (plain names, once per file).
+    fetcher). Modules are imported as `auto_register` imports them (as modules of the folder's package, also
+    under their plain names; once per file).
     """
     folder = use_register_path(path, what)
     modules = []
