@@ -117,10 +117,10 @@ class TrainingArguments:
         optimizer_cls = MindFormerRegister.get_cls(MindFormerModuleType.OPTIMIZER, self.optim)
         params = inspect.signature(optimizer_cls.__init__).parameters
         block: dict[str, Any] = {"type": self.optim, "eps": self.adam_epsilon, "weight_decay": self.weight_decay}
-        if "beta1" in params:
-            block.update(beta1=self.adam_beta1, beta2=self.adam_beta2)
-        else:
+        if "betas" in params:
             block["betas"] = [self.adam_beta1, self.adam_beta2]
+        else:
+            block.update(beta1=self.adam_beta1, beta2=self.adam_beta2)
         return block
 
     def convert_args_to_mindformers_config(self, task_config: MutableMapping | None = None) -> MutableMapping:
