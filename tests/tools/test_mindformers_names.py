@@ -3,6 +3,7 @@ the Auto classes, `TrainingArguments`, the `Trainer` helpers and `init_context`.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -13,6 +14,7 @@ import torchformers
 from torchformers.errors import ConfigError
 from torchformers.tools.assets import fetch
 from torchformers.tools.register.build import build_lr, build_optim
+from torchformers.tools.register.config import DictConfig
 
 # MindFormers scripts' import lines, verbatim (torchformers for mindformers)
 # isort: off
@@ -266,3 +268,32 @@ def test_trainer_set_configs_save_model_and_last_checkpoint(tmp_path):
         (folder / f"{name}.json").write_text("{}", encoding="utf-8")
     (folder / "meta.json").write_text('{"last_ckpt_file": "CKP_rank_0-1_2.safetensors"}', encoding="utf-8")
     assert trainer.get_last_checkpoint() == str(folder / "CKP_rank_0-1_2.safetensors")
+
+
+# -- nested YAML sections and LlamaConfig.parallel_config --------------------------------------------
+
+
+def test_nested_yaml_sections_read_as_attributes(tmp_path):
+    config = MindFormerConfig(str(_yaml(tmp_path, with_tokenizer=False)))
+    assert config.model.model_config.num_layers == 2
+    assert config.model.arch.type == "LlamaForCausalLM"
+    assert isinstance(config.model.model_config, DictConfig)  # attribute access at every level, as MindFormers nests
+
+
+def test_llama_config_parallel_config_object_and_round_trip(tmp_path):
+    default = LlamaConfig().parallel_config
+    assert default.data_parallel == default.model_parallel == default.pipeline_stage == 1
+    assert default.vocab_emb_dp is True
+    config = LlamaConfig(**MODEL_CONFIG, parallel_config={"data_parallel": 2, "model_parallel": 4})
+    assert config.parallel_config.model_parallel == 4 and config.parallel_config.micro_batch_num == 1
+    config.save_pretrained(tmp_path / "a", save_name="tiny")
+    saved = json.loads((tmp_path / "a" / "config.json").read_text(encoding="utf-8"))
+    assert saved["parallel_config"]["model_parallel"] == 4
+    for source in (tmp_path / "a" / "config.json", tmp_path / "a" / "tiny.yaml"):
+        again = LlamaConfig.from_pretrained(source)
+        assert again.parallel_config == config.parallel_config and again.parallel_config.data_parallel == 2
+    assert "parallel_config" not in LlamaConfig(**MODEL_CONFIG).to_diff_dict()
+    with pytest.raises(ConfigError, match="parallel_config.model_parallel is 0; expected a positive integer"):
+        LlamaConfig(parallel_config={"model_parallel": 0})
+    with pytest.raises(ConfigError, match="parallel_config must be a mapping.*got str"):
+        LlamaConfig(parallel_config="dp2")
