@@ -63,6 +63,7 @@ def _parallel_config(value: Any) -> DictConfig:
     config.update(merged)
     return config
 
+
 # extend_method values (MindFormers spells "no scaling" as the string "None")
 EXTEND_METHODS = ("None", "PI", "LINEAR", "NTK", "DYNAMIC_NTK", "LLAMA3", "YARN")
 
