@@ -148,6 +148,8 @@ def test_auto_model_from_yaml_config_and_folder(tmp_path):
     assert type(model) is LlamaForCausalLM and model.config.num_layers == 2
     built = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
     assert type(built) is LlamaForCausalLM
+    by_name = AutoModelForCausalLM.from_pretrained("LlamaForCausalLM", **MODEL_CONFIG)
+    assert type(by_name) is LlamaForCausalLM and by_name.config.hidden_size == 32
     saved = tmp_path / "saved"
     model.save_pretrained(saved)
     loaded = AutoModel.from_pretrained(saved)
