@@ -15,6 +15,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from tokenizers import (
+    AddedToken,  # MindFormers exports AddedToken from this module (`mindformers.models.tokenization_utils`)
+)
+
 from torchformers.models.tokenization_utils_base import (
     PaddingStrategy,
     PreTrainedTokenizerBase,
@@ -22,7 +26,7 @@ from torchformers.models.tokenization_utils_base import (
     TruncationStrategy,
 )
 
-__all__ = ["PreTrainedTokenizer", "PretrainedTokenizer"]
+__all__ = ["AddedToken", "PreTrainedTokenizer", "PretrainedTokenizer"]
 
 
 class PretrainedTokenizer(PreTrainedTokenizerBase):

@@ -4,6 +4,13 @@ The machinery lives in `torchformers.parallel.context`, below the trainer, so th
 launcher share it without an upward import.
 """
 
-from torchformers.parallel.context import build_context, resolve_device, set_seed
+from torchformers.parallel.context import (
+    ContextConfig,
+    ParallelContextConfig,
+    build_context,
+    init_context,
+    resolve_device,
+    set_seed,
+)
 
-__all__ = ["build_context", "resolve_device", "set_seed"]
+__all__ = ["ContextConfig", "ParallelContextConfig", "build_context", "init_context", "resolve_device", "set_seed"]

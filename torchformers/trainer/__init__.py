@@ -14,6 +14,7 @@ from torchformers.trainer.base_trainer import (
 from torchformers.trainer.callbacks import CheckpointMonitor, EvalCallBack, MFLossMonitor, ObsMonitor
 from torchformers.trainer.train_loop import TrainingInterrupted
 from torchformers.trainer.trainer import Trainer
+from torchformers.trainer.training_args import TrainingArguments
 from torchformers.trainer.wrapper import NonFiniteLossError
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "NonFiniteLossError",
     "ObsMonitor",
     "Trainer",
+    "TrainingArguments",
     "TrainingInterrupted",
     "apply_activation_checkpointing",
     "evaluate_loss",

@@ -5,7 +5,12 @@ optimizers=..., callbacks=...)` builds the run context (device, seed, log folder
 named by `trainer.type` (default `CausalLanguageModelingTrainer`), then `train()`, `finetune()`,
 `evaluate()` and `predict()` delegate to it with the config and whatever objects were passed in.
 A data set argument may be a path (it becomes `<section>.data_loader.dataset_dir`) or any iterable
-of batches. `TrainingArguments` is not provided; use YAML or a dict.
+of batches. `args` may also be a `TrainingArguments` (mapped onto the YAML sections with its
+`convert_args_to_mindformers_config`).
+
+`set_parallel_config(...)` / `set_recompute_config(...)` write `parallel_config` / `recompute_config`
+before a run, `save_model(output_dir)` writes the model with `save_pretrained` (and the tokenizer),
+`get_last_checkpoint()` is the newest complete training checkpoint of this rank (MindFormers semantics).
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from pathlib import Path
 
 from torch import nn
 
-from torchformers.errors import ConfigError
+from torchformers.errors import ConfigError, TrainingError
+from torchformers.models.modeling_utils import PretrainedModel
 from torchformers.parallel.context import build_context
 from torchformers.tools.register.build import build_trainer
 from torchformers.tools.register.config import MindFormerConfig
 from torchformers.tools.register.template import apply_template
+from torchformers.trainer.checkpointing import find_resume_checkpoint
+from torchformers.trainer.training_args import TrainingArguments
+from torchformers.utils import get_rank
 
 __all__ = ["Trainer"]
 
@@ -74,11 +83,16 @@ class Trainer:
             return MindFormerConfig(str(args))
         if isinstance(args, MindFormerConfig):
             return args
+        if isinstance(args, TrainingArguments):
+            cfg = args.convert_args_to_mindformers_config({"run_mode": "train"})
+            return MindFormerConfig(apply_template(cfg))
         if args is None or isinstance(args, Mapping):
             cfg = copy.deepcopy(dict(args or {}))
             cfg.setdefault("run_mode", "train")
             return MindFormerConfig(apply_template(cfg))
-        raise ConfigError(f"Trainer(args=...) takes a YAML path, a MindFormerConfig or a dict, got {type(args)}")
+        raise ConfigError(
+            f"Trainer(args=...) takes a YAML path, a MindFormerConfig, a TrainingArguments or a dict, got {type(args)}"
+        )
 
     def _dataset(self, dataset, section: str):
         if isinstance(dataset, (str, Path)):
@@ -106,6 +120,84 @@ class Trainer:
 
     def remove_callback(self, callback) -> None:
         self.pop_callback(callback)
+
+    # -- parallel / recompute settings, saving ------------------------------------------------------
+    def set_parallel_config(
+        self,
+        data_parallel: int = 1,
+        model_parallel: int = 1,
+        context_parallel: int = 1,
+        expert_parallel: int = 1,
+        pipeline_stage: int = 1,
+        micro_batch_interleave_num: int = 1,
+        micro_batch_num: int = 1,
+        use_seq_parallel: bool = False,
+        optimizer_shard: bool = False,
+        gradient_aggregation_group: int = 4,
+        vocab_emb_dp: bool = True,
+    ) -> None:
+        """Set `parallel_config` (and `micro_batch_interleave_num`) for the next run, as MindFormers does."""
+        values = dict(
+            data_parallel=data_parallel,
+            model_parallel=model_parallel,
+            context_parallel=context_parallel,
+            expert_parallel=expert_parallel,
+            pipeline_stage=pipeline_stage,
+            micro_batch_num=micro_batch_num,
+            use_seq_parallel=use_seq_parallel,
+            optimizer_shard=optimizer_shard,
+            gradient_aggregation_group=gradient_aggregation_group,
+            vocab_emb_dp=vocab_emb_dp,
+        )
+        for key in ("data_parallel", "model_parallel", "context_parallel", "expert_parallel", "pipeline_stage",
+                    "micro_batch_num", "micro_batch_interleave_num", "gradient_aggregation_group"):  # fmt: skip
+            value = micro_batch_interleave_num if key == "micro_batch_interleave_num" else values[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"Trainer.set_parallel_config({key}={value!r}): expected a positive integer")
+        for key, value in values.items():
+            self.config.set_value(f"parallel_config.{key}", value)
+        self.config.micro_batch_interleave_num = micro_batch_interleave_num
+
+    def set_recompute_config(
+        self,
+        recompute: bool = False,
+        parallel_optimizer_comm_recompute: bool = False,
+        select_recompute: bool = False,
+        mp_comm_recompute: bool = True,
+        recompute_slice_activation: bool = False,
+    ) -> None:
+        """Set `recompute_config` for the next run (`recompute: True` checkpoints every decoder layer)."""
+        values = dict(
+            recompute=recompute,
+            parallel_optimizer_comm_recompute=parallel_optimizer_comm_recompute,
+            select_recompute=select_recompute,
+            mp_comm_recompute=mp_comm_recompute,
+            recompute_slice_activation=recompute_slice_activation,
+        )
+        for key, value in values.items():
+            self.config.set_value(f"recompute_config.{key}", value)
+
+    def save_model(self, output_dir: str | None = None, internal_call: bool = False) -> None:
+        """Write the model (`save_pretrained`: config and safetensors weights) and the tokenizer to `output_dir`
+        (default: the config's `output_dir`)."""
+        output_dir = str(output_dir or self.config.get("output_dir") or "./output")
+        if self.model is None:
+            raise TrainingError(
+                "Trainer.save_model: there is no model yet; pass model=... or call train()/finetune() first"
+            )
+        if not isinstance(self.model, PretrainedModel):
+            raise TrainingError(
+                f"Trainer.save_model: the model is a {type(self.model).__name__}; expected a PretrainedModel "
+                "(save_pretrained writes its config and weights)"
+            )
+        self.model.save_pretrained(output_dir)
+        if self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(output_dir)
+
+    def get_last_checkpoint(self) -> str | None:
+        """The newest complete training checkpoint in `<output_dir>/checkpoint/rank_<r>/`, or None."""
+        found = find_resume_checkpoint(self.config.get("output_dir") or "./output", True, get_rank())
+        return str(found) if found is not None else None
 
     # -- run modes ---------------------------------------------------------------------------------
     def _prepare_train(self, run_mode, checkpoint, resume_from_checkpoint, resume_training, do_eval):

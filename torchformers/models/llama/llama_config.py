@@ -12,13 +12,57 @@ fusion switches, parallel-layout hints, ...) are accepted, stored and written ba
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from torchformers.generation.generation_config import token_id_list
 from torchformers.models.configuration_utils import ConfigError, PretrainedConfig, convert_dtype
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
+from torchformers.tools.register.config import DictConfig
 
-__all__ = ["EXTEND_METHODS", "LlamaConfig"]
+__all__ = ["DEFAULT_PARALLEL_CONFIG", "EXTEND_METHODS", "LlamaConfig"]
+
+# MindFormers' default `TransformerOpParallelConfig` (`default_transformer_config`): what
+# `LlamaConfig().parallel_config` holds; a given mapping overrides these keys
+DEFAULT_PARALLEL_CONFIG: dict[str, Any] = {
+    "data_parallel": 1,
+    "model_parallel": 1,
+    "context_parallel": 1,
+    "expert_parallel": 1,
+    "pipeline_stage": 1,
+    "micro_batch_num": 1,
+    "seq_split_num": 1,
+    "use_seq_parallel": False,
+    "optimizer_shard": None,
+    "gradient_aggregation_group": 4,
+    "vocab_emb_dp": True,
+    "context_parallel_algo": "colossalai_cp",
+    "ulysses_degree_in_cp": 1,
+    "mem_coeff": 0.1,
+}
+_PARALLEL_DEGREES = ("data_parallel", "model_parallel", "context_parallel", "expert_parallel", "pipeline_stage",
+                     "micro_batch_num")  # fmt: skip
+
+
+def _parallel_config(value: Any) -> DictConfig:
+    """`parallel_config` (None, a mapping, or an object with `to_dict`) -> an attribute-access object holding
+    MindFormers' defaults overridden by the given keys."""
+    if value is not None and not isinstance(value, Mapping) and callable(getattr(value, "to_dict", None)):
+        value = value.to_dict()
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(
+            f"LlamaConfig: parallel_config must be a mapping of data_parallel, model_parallel, ... "
+            f"(or an object with to_dict()), got {type(value).__name__}"
+        )
+    merged = {**DEFAULT_PARALLEL_CONFIG, **dict(value or {})}
+    for key in _PARALLEL_DEGREES:
+        degree = merged[key]
+        if not isinstance(degree, int) or isinstance(degree, bool) or degree < 1:
+            raise ConfigError(f"LlamaConfig: parallel_config.{key} is {degree!r}; expected a positive integer")
+    config = DictConfig()
+    config.update(merged)
+    return config
+
 
 # extend_method values (MindFormers spells "no scaling" as the string "None")
 EXTEND_METHODS = ("None", "PI", "LINEAR", "NTK", "DYNAMIC_NTK", "LLAMA3", "YARN")
@@ -49,7 +93,10 @@ class LlamaConfig(PretrainedConfig):
         pad_token_id, ignore_token_id, bos_token_id, eos_token_id (an int or a list of ints).
         top_k, top_p, do_sample, repetition_penalty, max_decode_length: generation defaults (copied into
             `GenerationConfig`, as MindFormers does).
-    Accepted with no effect on PyTorch: batch_size (except as a predict-layout hint), parallel_config,
+        parallel_config: MindFormers' `TransformerOpParallelConfig` as an object with attribute access
+            (`config.parallel_config.model_parallel`), its defaults overridden by the given mapping; the
+            run's layout is read from the YAML's top-level `parallel_config`, not from here.
+    Accepted with no effect on PyTorch: batch_size (except as a predict-layout hint),
     moe_config, use_past (the KV cache is always available), is_dynamic, use_rope_slice,
     use_flash_attention (SDPA picks flash attention itself), use_ring_attention,
     use_attn_mask_compression, use_eod_attn_mask_compression, parallel_optimizer,
@@ -197,7 +244,7 @@ class LlamaConfig(PretrainedConfig):
         self.qkv_has_bias = qkv_has_bias
         self.qkv_concat = qkv_concat
         self.attn_proj_has_bias = attn_proj_has_bias
-        self.parallel_config = parallel_config
+        self.parallel_config = _parallel_config(parallel_config)
         self.moe_config = moe_config
         self.use_past = use_past
         self.extend_method = str(extend_method)
