@@ -68,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode", type=int, help="MindSpore graph(0)/pynative(1) mode: accepted for compatibility, PyTorch runs eagerly"
     )
     add("--device_id", type=int, help="GPU index for single-device runs (context.device_id); torchrun sets it per rank")
-    add("--device_target", type=str, help="CPU or GPU (context.device_target); default: GPU when available")
+    add(
+        "--device_target",
+        type=str,
+        help="CPU or GPU (context.device_target); default: GPU when available; Ascend runs on GPU/CPU (logged)",
+    )
     add("--run_mode", type=str, help=f"one of {', '.join(RUN_MODES)}")
     add("--do_eval", type=str2bool, help="evaluate on eval_dataset while training (true/false)")
     add("--train_dataset_dir", type=str, help="training data folder or file (train_dataset.data_loader.dataset_dir)")
