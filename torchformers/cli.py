@@ -259,16 +259,18 @@ def config_from_args(argv: Sequence[str] | None = None) -> MindFormerConfig:
     return config
 
 
-# Context keys MindSpore reads and PyTorch has no counterpart for (`device_target` / `device_id` pick the device).
-_CONTEXT_KEYS_USED = ("device_target", "device_id")
+# The keys of MindSpore's `context` and `parallel` blocks that mean something here (`device_target` / `device_id`
+# pick the device, `enable_parallel_optimizer` shards the optimizer); the others have no PyTorch counterpart.
+_KEYS_USED = {"context": ("device_target", "device_id"), "parallel": ("enable_parallel_optimizer",)}
 
 
 def log_no_effect(config: MindFormerConfig) -> None:
     """One log line naming the keys MindFormers gives a meaning that PyTorch has no counterpart for."""
     keys = []
-    context = config.get("context")
-    if isinstance(context, Mapping):
-        keys += [f"context.{k}" for k in context if k not in _CONTEXT_KEYS_USED]
+    for section, used in _KEYS_USED.items():
+        block = config.get(section)
+        if isinstance(block, Mapping):
+            keys += [f"{section}.{k}" for k in block if k not in used]
     if config.get("remote_save_url"):
         keys.append(f"remote_save_url ({config.remote_save_url!r}: nothing is uploaded to ModelArts/OBS)")
     if keys:

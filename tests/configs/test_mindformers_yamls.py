@@ -171,8 +171,9 @@ def test_ascend_and_mindspore_only_keys_are_accepted_and_logged(tmp_path, tiny_w
     assert f"context.device_target Ascend has no effect on PyTorch: running on {expected}" in lines
     no_effect = [line for line in lines if line.startswith("no effect on PyTorch")]
     assert len(no_effect) == 1
-    for key in ("context.mode", "context.enable_graph_kernel", "context.max_device_memory", "remote_save_url"):
+    for key in ("context.mode", "context.enable_graph_kernel", "context.max_device_memory", "parallel.parallel_mode"):
         assert key in no_effect[0]
+    assert "context.device_target" not in no_effect[0] and "parallel.enable_parallel_optimizer" not in no_effect[0]
     assert "Please input obs url on AICC platform." in no_effect[0]
     single = [line for line in lines if "use_parallel is True" in line]
     assert len(single) == 1 and "running as one process" in single[0] and "torchrun" in single[0]
