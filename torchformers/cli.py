@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torchformers  # noqa: F401  (registers the library's classes)
 from torchformers.errors import ConfigError, TorchformersError, run_cli
 from torchformers.tools.context import build_context
+from torchformers.tools.logger import logger
 from torchformers.tools.register.build import build_trainer
 from torchformers.tools.register.config import MindFormerConfig, parse_value
 from torchformers.tools.register.paths import REPO_ROOT, import_register_path, resolve_path, use_register_path
@@ -67,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode", type=int, help="MindSpore graph(0)/pynative(1) mode: accepted for compatibility, PyTorch runs eagerly"
     )
     add("--device_id", type=int, help="GPU index for single-device runs (context.device_id); torchrun sets it per rank")
-    add("--device_target", type=str, help="CPU or GPU (context.device_target); default: GPU when available")
+    add(
+        "--device_target",
+        type=str,
+        help="CPU or GPU (context.device_target); default: GPU when available; Ascend runs on GPU/CPU (logged)",
+    )
     add("--run_mode", type=str, help=f"one of {', '.join(RUN_MODES)}")
     add("--do_eval", type=str2bool, help="evaluate on eval_dataset while training (true/false)")
     add("--train_dataset_dir", type=str, help="training data folder or file (train_dataset.data_loader.dataset_dir)")
@@ -112,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         help="strategy file to load (parallel.strategy_ckpt_load_file): accepted for compatibility",
     )
-    add("--remote_save_url", type=str, help="ModelArts/OBS upload URL: not supported, refused")
+    add("--remote_save_url", type=str, help="ModelArts/OBS upload URL: accepted, no effect (logged); see output_dir")
     add("--seed", type=int, help="global random seed")
     add("--use_parallel", type=str2bool, help="run distributed under torchrun with parallel_config (true/false)")
     add("--profile", type=str2bool, help="profile the run with torch.profiler (true/false)")
@@ -221,10 +226,6 @@ def config_from_args(argv: Sequence[str] | None = None) -> MindFormerConfig:
             "only_save_strategy: there is no strategy file to save; "
             "torch.distributed.checkpoint stores layouts with the checkpoint"
         )
-    if config.remote_save_url:
-        raise ConfigError(
-            f"remote_save_url {config.remote_save_url!r}: uploading to ModelArts/OBS is not supported; use output_dir"
-        )
 
     for value, section in ((args.train_dataset_dir, "train_dataset"), (args.eval_dataset_dir, "eval_dataset")):
         if value is not None:
@@ -258,9 +259,39 @@ def config_from_args(argv: Sequence[str] | None = None) -> MindFormerConfig:
     return config
 
 
+# The keys of MindSpore's `context` and `parallel` blocks that mean something here (`device_target` / `device_id`
+# pick the device, `enable_parallel_optimizer` shards the optimizer); the others have no PyTorch counterpart.
+_KEYS_USED = {"context": ("device_target", "device_id"), "parallel": ("enable_parallel_optimizer",)}
+
+
+def log_no_effect(config: MindFormerConfig) -> None:
+    """One log line naming the keys MindFormers gives a meaning that PyTorch has no counterpart for."""
+    keys = []
+    for section, used in _KEYS_USED.items():
+        block = config.get(section)
+        if isinstance(block, Mapping):
+            keys += [f"{section}.{k}" for k in block if k not in used]
+    if config.get("remote_save_url"):
+        keys.append(f"remote_save_url ({config.remote_save_url!r}: nothing is uploaded to ModelArts/OBS)")
+    if keys:
+        logger.info("no effect on PyTorch, accepted as in MindFormers: %s", ", ".join(keys))
+
+
+def single_process_notice(config: MindFormerConfig) -> None:
+    """`use_parallel: True` outside torchrun: run as one process and say how to launch it distributed."""
+    if config.get("use_parallel") and "WORLD_SIZE" not in os.environ:
+        logger.info(
+            "use_parallel is True but this is not a distributed launch (WORLD_SIZE unset): running as one process; "
+            "launch with `torchrun --nproc_per_node N run_mindformer.py ...` to run distributed"
+        )
+        config.use_parallel = False
+
+
 def run(config: MindFormerConfig):
     """Build the context and the task trainer named by `trainer.type`, then run the run mode."""
+    single_process_notice(config)
     build_context(config)
+    log_no_effect(config)
     if not isinstance(config.trainer, Mapping) or "type" not in config.trainer:
         raise ConfigError(
             f"{config.source_file}: the config needs a 'trainer' section with a 'type' "

@@ -120,13 +120,23 @@ def test_free_form_overrides(yaml_path):
         ),
         (["--run_mode", "serve"], "run_mode is 'serve'"),
         (["--modal_type", "image"], "multimodal inputs are not supported"),
-        (["--remote_save_url", "obs://x"], "not supported"),
         (["--only_save_strategy", "true"], "only_save_strategy"),
     ],
 )
 def test_override_and_argument_errors(yaml_path, extra, message):
     with pytest.raises(ConfigError, match=message):
         config_from_args(["--config", str(yaml_path), *extra])
+
+
+def test_remote_save_url_is_accepted_and_logged_as_without_effect(yaml_path, caplog):
+    from torchformers.cli import log_no_effect
+
+    config = config_from_args(["--config", str(yaml_path), "--remote_save_url", "obs://bucket/run"])
+    assert config.remote_save_url == "obs://bucket/run"
+    with caplog.at_level("INFO", logger="torchformers"):
+        log_no_effect(config)
+    assert len(caplog.messages) == 1
+    assert "remote_save_url ('obs://bucket/run': nothing is uploaded to ModelArts/OBS)" in caplog.messages[0]
 
 
 def test_relative_config_resolves_against_cwd_then_repo_root(tmp_path, monkeypatch, yaml_path):

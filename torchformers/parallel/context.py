@@ -3,7 +3,8 @@
 MindFormers' `build_context` (`mindformers/core/context/build_context.py`) sets MindSpore's context
 from the YAML `context` block; here the same block picks the torch device: `device_target` CPU or GPU
 (None: GPU when one is available), `device_id` the GPU index (under torchrun, LOCAL_RANK wins).
-Ascend is refused with a clear message. `torchformers.tools.context` re-exports these at MindFormers'
+Ascend (or NPU) has no PyTorch device here: it runs on what is there (GPU when available, else CPU) and
+says so in the log. `torchformers.tools.context` re-exports these at MindFormers'
 module path; the trainer imports them from here, below it.
 
 `init_context(use_parallel, context_config, parallel_config)` with `ContextConfig` and
@@ -31,7 +32,11 @@ __all__ = ["ContextConfig", "ParallelContextConfig", "build_context", "init_cont
 
 def resolve_device(device_target: str | None, device_id: int | None = None) -> torch.device:
     """`context.device_target` / `device_id` -> the torch device of this process."""
-    target = (device_target or ("GPU" if torch.cuda.is_available() else "CPU")).upper()
+    available = "GPU" if torch.cuda.is_available() else "CPU"
+    target = (device_target or available).upper()
+    if target in ("ASCEND", "NPU"):
+        logger.info("context.device_target %s has no effect on PyTorch: running on %s", device_target, available)
+        target = available
     if target == "CPU":
         return torch.device("cpu")
     if target in ("GPU", "CUDA"):

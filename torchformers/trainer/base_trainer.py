@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from torchformers.assets import cache_dir
 from torchformers.checkpoint.loader import load_state_into, load_weights
 from torchformers.errors import ConfigError
 from torchformers.generation import prepare_for_cpu_inference
@@ -149,6 +151,46 @@ def _compute_dtype(network: nn.Module) -> torch.dtype | None:
     return to_dtype(getattr(getattr(network, "config", None), "compute_dtype", None), "model_config.compute_dtype")
 
 
+def _named_checkpoint(config) -> str | None:
+    """`model.model_config.checkpoint_name_or_path`: a path, or a model name (MindFormers downloads those, e.g.
+    'llama2_7b') that resolves to the folder `$TORCHFORMERS_HOME/<name>` when there is one."""
+    name = config.get_value("model.model_config.checkpoint_name_or_path")
+    if not name or Path(name).exists():
+        return name or None
+    local = cache_dir() / str(name)
+    if local.is_dir():
+        logger.info("checkpoint_name_or_path %r: using %s", name, local)
+        return str(local)
+    raise ConfigError(
+        f"{config.source_file}: model.model_config.checkpoint_name_or_path is {name!r}, a model name and not a file "
+        f"or folder, and there is no folder {local}; pass --load_checkpoint path/to/weights, or put the weights in "
+        f"{local}, or set --model.model_config.checkpoint_name_or_path '' for random weights"
+    )
+
+
+def _fill_vocab_file(config) -> None:
+    """A `processor.tokenizer` block without `vocab_file` (MindFormers downloads it by `trainer.model_name`):
+    take `$TORCHFORMERS_HOME/<model_name>/tokenizer.model` when it exists, else say what to pass."""
+    tokenizer = config.get_value("processor.tokenizer")
+    if not isinstance(tokenizer, Mapping) or tokenizer.get("vocab_file") or not tokenizer.get("type"):
+        return
+    cls = MindFormerRegister.get_cls(MindFormerModuleType.TOKENIZER, tokenizer["type"])
+    param = inspect.signature(cls.__init__).parameters.get("vocab_file")
+    if param is None or param.default is not inspect.Parameter.empty:
+        return  # this tokenizer needs no vocabulary file
+    model_name = config.get_value("trainer.model_name")
+    local = cache_dir() / str(model_name) / "tokenizer.model" if model_name else None
+    if local is not None and local.is_file():
+        logger.info("processor.tokenizer.vocab_file not set: using %s (trainer.model_name %r)", local, model_name)
+        config.set_value("processor.tokenizer.vocab_file", str(local))
+        return
+    where = f" or put it at {local}" if local is not None else ""
+    raise ConfigError(
+        f"{config.source_file}: processor.tokenizer ({tokenizer['type']}) has no vocab_file; "
+        f"pass --processor.tokenizer.vocab_file path/to/tokenizer.model{where}"
+    )
+
+
 class BaseTrainer:
     """Shared building blocks of task trainers."""
 
@@ -159,6 +201,7 @@ class BaseTrainer:
     # -- building ----------------------------------------------------------------------------------
     def build_tokenizer(self, config):
         processor_cfg = config.get("processor")
+        _fill_vocab_file(config)
         if isinstance(processor_cfg, Mapping):  # apply_chat_template is read by predict, not by the processor
             processor_cfg = {k: v for k, v in processor_cfg.items() if k != "apply_chat_template"}
         if isinstance(processor_cfg, Mapping) and isinstance(processor_cfg.get("tokenizer"), Mapping):
@@ -174,14 +217,23 @@ class BaseTrainer:
 
         if not isinstance(config.get("model"), Mapping):
             raise ConfigError(f"{config.source_file}: the config has no 'model' section")
-        model = build_model(config.model)
-        checkpoint = (
-            checkpoint
-            or config.get("load_checkpoint")
-            or config.get_value("model.model_config.checkpoint_name_or_path")
-        )
         pet_config = config.get_value("model.model_config.pet_config")
         lora = is_lora_config(pet_config)
+        if pet_config and not lora:
+            pet_type = pet_config.get("pet_type") if isinstance(pet_config, Mapping) else pet_config
+            raise ConfigError(
+                f"{config.source_file}: model.model_config.pet_config.pet_type is {pet_type!r}; "
+                "only 'lora' is supported (remove pet_config to run the base model)"
+            )
+        quantization = config.get_value("model.model_config.quantization_config")
+        if quantization:
+            method = quantization.get("quant_method") if isinstance(quantization, Mapping) else quantization
+            raise ConfigError(
+                f"{config.source_file}: model.model_config.quantization_config (quant_method {method!r}) is not "
+                "supported: the model would run unquantized; remove quantization_config to run it so"
+            )
+        model = build_model(config.model)
+        checkpoint = checkpoint or config.get("load_checkpoint") or _named_checkpoint(config)
         if checkpoint:
             if is_train_state_file(checkpoint) or Path(checkpoint).suffix in (".safetensors", ".ckpt"):
                 state = weights_of_train_state(read_weights(checkpoint))
