@@ -55,7 +55,7 @@ def ours_beams(model, prompts, **kw):
 def frequent_tokens(model, prompts, n):
     """Tokens greedy decoding produces often: as eos ids they end hypotheses at varied lengths."""
     got = model.generate(prompts, max_new_tokens=NEW, do_sample=False)
-    counts = torch.bincount(torch.tensor([t for g, p in zip(got, prompts) for t in g[len(p):].tolist()]))
+    counts = torch.bincount(torch.tensor([t for g, p in zip(got, prompts) for t in g[len(p) :].tolist()]))
     return counts.argsort(descending=True)[:n].tolist()
 
 
@@ -81,8 +81,7 @@ def test_beam_search_matches_transformers_without_eos(pair):
 @pytest.mark.parametrize("length_penalty", [1.0, 0.0, 2.0, -1.0])
 def test_eos_length_penalty_and_early_stopping_match_transformers(pair, early_stopping, length_penalty):
     hf, ours = pair
-    prompts = make_prompts()
-    eos = frequent_tokens(ours, prompts, 3)
+    prompts, eos = eos_case(ours)
     kw = dict(eos_token_id=eos, length_penalty=length_penalty, early_stopping=early_stopping)
     expected, expected_scores = hf_beams(hf, prompts, n_ret=3, **kw)
     got, scores = ours_beams(ours, prompts, num_return_sequences=3, **kw)
@@ -93,16 +92,23 @@ def test_eos_length_penalty_and_early_stopping_match_transformers(pair, early_st
     assert length_penalty > 1.0 or any(len(g) < len(prompts[i // 3]) + NEW for i, g in enumerate(got))
 
 
+def eos_case(model):
+    """Prompts and eos ids where early_stopping True, False and "never" all give different beams."""
+    prompts = make_prompts(seed=3)
+    return prompts, frequent_tokens(model, prompts, 2)
+
+
 def test_length_penalty_and_early_stopping_change_the_result(pair):
+    # the parity cases above can tell the settings apart: each one changes the result here
     _, ours = pair
-    prompts = make_prompts()
-    eos = frequent_tokens(ours, prompts, 3)
+    prompts, eos = eos_case(ours)
     results = {
         (lp, es): ours_beams(ours, prompts, eos_token_id=eos, length_penalty=lp, early_stopping=es)[0]
-        for lp in (-1.0, 2.0)
-        for es in (True, "never")
+        for lp in (1.0, 2.0)
+        for es in (True, False, "never")
     }
-    assert results[(-1.0, "never")] != results[(2.0, "never")]
+    assert results[(1.0, True)] != results[(1.0, False)] != results[(1.0, "never")] != results[(1.0, True)]
+    assert results[(1.0, True)] != results[(2.0, True)]
 
 
 def test_beam_settings_are_checked(pair):
@@ -116,3 +122,25 @@ def test_beam_settings_are_checked(pair):
         ours.generate(prompts, max_new_tokens=4, num_beams=2, early_stopping="sometimes")
     with pytest.raises(ConfigError, match="num_beams must be a positive integer, got 0"):
         ours.generate(prompts, max_new_tokens=4, num_beams=0)
+
+
+def test_rows_with_different_budgets_match_their_own_search(pair):
+    # max_length counts each prompt's own tokens: the short prompt gets 20 new tokens, the long one 14;
+    # a row that reaches its limit is frozen while the other runs on, as if it had been searched alone
+    _, ours = pair
+    prompts = make_prompts()
+    kw = dict(max_length=25, num_beams=4, eos_token_id=[], num_return_sequences=2)
+    batch = [s.tolist() for s in ours.generate(prompts, **kw)]
+    alone = [s.tolist() for p in prompts for s in ours.generate([p], **kw)]
+    assert batch == alone
+    assert [len(s) for s in batch] == [25] * 4
+
+
+def test_beam_search_ignores_do_sample(pair):
+    # MindFormers forces do_sample=False for num_beams > 1 (a LlamaConfig defaults to do_sample=True, top_k=5)
+    _, ours = pair
+    prompts = make_prompts()
+    kw = dict(max_new_tokens=8, num_beams=4, eos_token_id=[])
+    sampled = ours.generate(prompts, do_sample=True, top_k=5, temperature=0.3, seed=0, **kw)
+    plain = ours.generate(prompts, do_sample=False, **kw)
+    assert [s.tolist() for s in sampled] == [s.tolist() for s in plain]
