@@ -144,3 +144,16 @@ def test_beam_search_ignores_do_sample(pair):
     sampled = ours.generate(prompts, do_sample=True, top_k=1, seed=0, **kw)  # top_k=1 would force greedy
     plain = ours.generate(prompts, do_sample=False, **kw)
     assert [s.tolist() for s in sampled] == [s.tolist() for s in plain]
+
+
+@pytest.mark.slow
+def test_compiled_decode_gives_the_same_beams(pair):
+    # the cache rows are reordered in place, so the compiled step keeps reading the buffers it was built for
+    _, ours = pair
+    prompts = make_prompts()
+    kw = dict(max_new_tokens=NEW, num_beams=4, eos_token_id=[])
+    eager = [s.tolist() for s in ours.generate(prompts, **kw)]
+    try:
+        assert [s.tolist() for s in ours.generate(prompts, compile_decode=True, **kw)] == eager
+    finally:
+        ours.clear_kv_cache()
