@@ -64,7 +64,6 @@ def test_beam_search_matches_transformers_without_eos(pair):
     prompts = make_prompts()
     # no eos on either side: every hypothesis runs the full 20 tokens
     expected, expected_scores = hf_beams(hf, prompts, eos_token_id=None)
-    hf.generation_config.eos_token_id = None
     got, scores = ours_beams(ours, prompts, eos_token_id=[])
     assert got == expected
     assert all(len(g) == len(p) + NEW for g, p in zip(got, prompts))
@@ -157,3 +156,18 @@ def test_compiled_decode_gives_the_same_beams(pair):
         assert [s.tolist() for s in ours.generate(prompts, compile_decode=True, **kw)] == eager
     finally:
         ours.clear_kv_cache()
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_use_past_false_runs_without_the_cache(pair, monkeypatch, num_beams):
+    _, ours = pair
+    prompts = make_prompts()
+    kw = dict(max_new_tokens=6, num_beams=num_beams, eos_token_id=[], do_sample=False)
+    with_cache = [s.tolist() for s in ours.generate(prompts, **kw)]
+
+    def no_cache(*args, **kwargs):
+        raise AssertionError("the KV cache was used with use_past=False")
+
+    monkeypatch.setattr(ours, "setup_kv_cache", no_cache)
+    monkeypatch.setattr(ours, "forward_with_cache", no_cache)
+    assert [s.tolist() for s in ours.generate(prompts, use_past=False, **kw)] == with_cache

@@ -14,6 +14,10 @@ and `(batch_size, max_length)` in `generation_state(model)`), `clear_kv_cache()`
 and `prepare_inputs_for_generation`; with `use_past=False` it is called as `model(input_ids,
 position_ids=..., attention_mask=(B, T))` and must return logits `(B, T, vocab)`.
 
+With `num_beams > 1` the batch holds `num_beams` rows per prompt and `beam_search.BeamSearch` picks
+each step's tokens (transformers' `_beam_search`); the KV cache rows are reordered in place by the
+beam each row continues, so the decode step (compiled or not) keeps its buffers.
+
 What generation keeps between calls (the caches, the shape they were made for, the compiled decode
 step) lives in a `GenerationState` held per model outside it, so the model holds its weights only.
 """
@@ -110,7 +114,7 @@ def _to_prompts(input_ids: Any, pad_token_id: int, attention_mask: Any = None) -
     raise TypeError(f"generate: input_ids must be a list of ids, a list of lists, or an array; got {type(input_ids)}")
 
 
-def _num_beams(cfg: GenerationConfig, batch: int, streamer: Any) -> int:
+def _num_beams(cfg: GenerationConfig, streamer: Any) -> int:
     """`cfg.num_beams`, checked with the settings that go with it."""
     num_beams = cfg.num_beams if cfg.num_beams is not None else 1
     if not isinstance(num_beams, (int, np.integer)) or num_beams < 1:
@@ -189,7 +193,11 @@ class GenerationMixin:
             generation_config: defaults to `self.generation_config`; `kwargs` override its fields
                 (max_length, max_new_tokens, min_length, min_new_tokens, do_sample, temperature,
                 top_k, top_p, repetition_penalty, eos_token_id (int or list), pad_token_id, use_past,
-                compile_decode, return_dict_in_generate, output_scores, output_logits).
+                compile_decode, return_dict_in_generate, output_scores, output_logits, num_beams,
+                length_penalty, early_stopping, num_return_sequences). With `num_beams > 1` (beam
+                search; do_sample is then ignored, as in MindFormers) the result holds the best
+                `num_return_sequences` hypotheses per prompt, prompt by prompt, and a `GenerateOutput`
+                also their `sequences_scores`.
             logits_processor: extra processors applied after the built-in ones.
             streamer: a `TextStreamer`/`TextIteratorStreamer` (batch of one prompt only).
             seed: seeds the sampling generator.
@@ -228,7 +236,7 @@ class GenerationMixin:
                 raise ValueError(f"generate: a prompt is longer than the model's {limit_cap} positions")
         min_total = [max(int(cfg.min_length or 0), n + int(cfg.min_new_tokens or 0)) for n in lengths]
 
-        num_beams = _num_beams(cfg, B, streamer)
+        num_beams = _num_beams(cfg, streamer)
         device = next(self.parameters()).device
         P = max(lengths)
         steps = max(lim - n for lim, n in zip(limits, lengths))
