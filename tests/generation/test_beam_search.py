@@ -117,7 +117,7 @@ def test_beam_settings_are_checked(pair):
         ours.generate(prompts, max_new_tokens=4, num_beams=4, num_return_sequences=5)
     with pytest.raises(ConfigError, match="num_return_sequences=2 needs beam search"):
         ours.generate(prompts, max_new_tokens=4, num_return_sequences=2)
-    with pytest.raises(ConfigError, match="early_stopping must be True, False or 'never', got 'sometimes'"):
+    with pytest.raises(ConfigError, match="early_stopping must be True, False, 'never' or None, got 'sometimes'"):
         ours.generate(prompts, max_new_tokens=4, num_beams=2, early_stopping="sometimes")
     with pytest.raises(ConfigError, match="num_beams must be a positive integer, got 0"):
         ours.generate(prompts, max_new_tokens=4, num_beams=0)

@@ -129,8 +129,8 @@ def _num_beams(cfg: GenerationConfig, streamer: Any) -> int:
         return 1
     if not isinstance(n_ret, (int, np.integer)) or not 1 <= n_ret <= num_beams:
         raise ConfigError(f"generate: num_return_sequences must be in 1..num_beams ({num_beams}), got {n_ret!r}")
-    if cfg.early_stopping not in (True, False, "never"):
-        raise ConfigError(f"generate: early_stopping must be True, False or 'never', got {cfg.early_stopping!r}")
+    if cfg.early_stopping not in (None, True, False, "never"):
+        raise ConfigError(f"generate: early_stopping must be True, False, 'never' or None, got {cfg.early_stopping!r}")
     if streamer is not None:
         raise ConfigError(f"generate: a streamer cannot follow beam search (num_beams={num_beams})")
     return int(num_beams)
@@ -248,10 +248,10 @@ class GenerationMixin:
         beams = None
         if num_beams > 1:
             # beam search decodes num_beams rows per prompt; MindFormers forces do_sample=False for it
-            beams = BeamSearch(
-                seqs, P, torch.tensor(limits) - torch.tensor(lengths), num_beams, float(cfg.length_penalty),
-                cfg.early_stopping, eos,
-            )  # fmt: skip
+            length_penalty = 1.0 if cfg.length_penalty is None else float(cfg.length_penalty)
+            early_stopping = False if cfg.early_stopping is None else cfg.early_stopping
+            max_new = torch.tensor(limits) - torch.tensor(lengths)
+            beams = BeamSearch(seqs, P, max_new, num_beams, length_penalty, early_stopping, eos)
             cfg.do_sample = False
             B = B * num_beams
             seqs = seqs.repeat_interleave(num_beams, dim=0)
