@@ -6,7 +6,9 @@ the YAML or the call says otherwise. Two PyTorch additions: `use_past` defaults 
 KV cache costs only memory; pass `use_past=False` to recompute the whole sequence each step) and
 `compile_decode` wraps the one-token decode step in `torch.compile` (the KV cache is then kept
 between calls so the compiled step is reused; `model.clear_kv_cache()` frees it). On CPU,
-`prepare_for_cpu_inference` is the faster route and the two do not combine.
+`prepare_for_cpu_inference` is the faster route and the two do not combine. `num_beams > 1` selects
+beam search (`length_penalty`, `early_stopping` True/False/"never", `num_return_sequences`, with
+transformers' meanings; see `beam_search.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ _DEFAULTS: dict[str, Any] = {
     "min_length": 0,
     "min_new_tokens": None,
     "num_beams": 1,
+    "length_penalty": 1.0,
+    "early_stopping": False,
+    "num_return_sequences": 1,
     "do_sample": False,
     "use_past": True,
     "temperature": 1.0,
@@ -61,8 +66,6 @@ class GenerationConfig:
             self.max_length = kwargs.pop("max_decode_length")
         for key, value in kwargs.items():
             setattr(self, key, value)
-        if self.num_beams > 1:
-            raise NotImplementedError("GenerationConfig.num_beams > 1 (beam search) is not supported yet")
 
     @classmethod
     def from_model_config(cls, model_config: Any) -> GenerationConfig:

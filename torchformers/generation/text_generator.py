@@ -14,6 +14,10 @@ and `(batch_size, max_length)` in `generation_state(model)`), `clear_kv_cache()`
 and `prepare_inputs_for_generation`; with `use_past=False` it is called as `model(input_ids,
 position_ids=..., attention_mask=(B, T))` and must return logits `(B, T, vocab)`.
 
+With `num_beams > 1` the batch holds `num_beams` rows per prompt and `beam_search.BeamSearch` picks
+each step's tokens (transformers' `_beam_search`); the KV cache rows are reordered in place by the
+beam each row continues, so the decode step (compiled or not) keeps its buffers.
+
 What generation keeps between calls (the caches, the shape they were made for, the compiled decode
 step) lives in a `GenerationState` held per model outside it, so the model holds its weights only.
 """
@@ -31,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchformers.errors import ConfigError
+from torchformers.generation.beam_search import BeamSearch
 from torchformers.generation.generation_config import GenerationConfig
 from torchformers.generation.logits_process import (
     LogitsProcessorList,
@@ -54,6 +60,7 @@ class GenerateOutput:
     sequences: list[np.ndarray]
     scores: list[torch.Tensor] | None = None
     logits: list[torch.Tensor] | None = None
+    sequences_scores: torch.Tensor | None = None  # beam search: the score of each returned sequence
 
 
 @dataclass
@@ -105,6 +112,28 @@ def _to_prompts(input_ids: Any, pad_token_id: int, attention_mask: Any = None) -
             return [[int(t) for t in input_ids]]
         return [[int(t) for t in row] for row in input_ids]
     raise TypeError(f"generate: input_ids must be a list of ids, a list of lists, or an array; got {type(input_ids)}")
+
+
+def _num_beams(cfg: GenerationConfig, streamer: Any) -> int:
+    """`cfg.num_beams`, checked with the settings that go with it."""
+    num_beams = cfg.num_beams if cfg.num_beams is not None else 1
+    if not isinstance(num_beams, (int, np.integer)) or num_beams < 1:
+        raise ConfigError(f"generate: num_beams must be a positive integer, got {num_beams!r}")
+    n_ret = cfg.num_return_sequences if cfg.num_return_sequences is not None else 1
+    if num_beams == 1:
+        if n_ret != 1:
+            raise ConfigError(
+                f"generate: num_return_sequences={n_ret!r} needs beam search with at least that many beams "
+                "(num_beams is 1)"
+            )
+        return 1
+    if not isinstance(n_ret, (int, np.integer)) or not 1 <= n_ret <= num_beams:
+        raise ConfigError(f"generate: num_return_sequences must be in 1..num_beams ({num_beams}), got {n_ret!r}")
+    if cfg.early_stopping not in (None, True, False, "never"):
+        raise ConfigError(f"generate: early_stopping must be True, False, 'never' or None, got {cfg.early_stopping!r}")
+    if streamer is not None:
+        raise ConfigError(f"generate: a streamer cannot follow beam search (num_beams={num_beams})")
+    return int(num_beams)
 
 
 class GenerationMixin:
@@ -164,7 +193,11 @@ class GenerationMixin:
             generation_config: defaults to `self.generation_config`; `kwargs` override its fields
                 (max_length, max_new_tokens, min_length, min_new_tokens, do_sample, temperature,
                 top_k, top_p, repetition_penalty, eos_token_id (int or list), pad_token_id, use_past,
-                compile_decode, return_dict_in_generate, output_scores, output_logits).
+                compile_decode, return_dict_in_generate, output_scores, output_logits, num_beams,
+                length_penalty, early_stopping, num_return_sequences). With `num_beams > 1` (beam
+                search; do_sample is then ignored, as in MindFormers) the result holds the best
+                `num_return_sequences` hypotheses per prompt, prompt by prompt, and a `GenerateOutput`
+                also their `sequences_scores`.
             logits_processor: extra processors applied after the built-in ones.
             streamer: a `TextStreamer`/`TextIteratorStreamer` (batch of one prompt only).
             seed: seeds the sampling generator.
@@ -203,6 +236,7 @@ class GenerationMixin:
                 raise ValueError(f"generate: a prompt is longer than the model's {limit_cap} positions")
         min_total = [max(int(cfg.min_length or 0), n + int(cfg.min_new_tokens or 0)) for n in lengths]
 
+        num_beams = _num_beams(cfg, streamer)
         device = next(self.parameters()).device
         P = max(lengths)
         steps = max(lim - n for lim, n in zip(limits, lengths))
@@ -211,6 +245,19 @@ class GenerationMixin:
         for i, p in enumerate(prompts):
             seqs[i, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
         seqs = seqs.to(device)
+        beams = None
+        if num_beams > 1:
+            # beam search decodes num_beams rows per prompt; MindFormers forces do_sample=False for it
+            length_penalty = 1.0 if cfg.length_penalty is None else float(cfg.length_penalty)
+            early_stopping = False if cfg.early_stopping is None else cfg.early_stopping
+            max_new = torch.tensor(limits) - torch.tensor(lengths)
+            beams = BeamSearch(seqs, P, max_new, num_beams, length_penalty, early_stopping, eos)
+            cfg.do_sample = False
+            B = B * num_beams
+            seqs = seqs.repeat_interleave(num_beams, dim=0)
+            lengths, limits, min_total = (
+                [v for v in vals for _ in range(num_beams)] for vals in (lengths, limits, min_total)
+            )
         valid = seqs[:, :P] >= 0  # (B, P)
         tokens = seqs[:, :P].clamp(min=0).masked_fill(~valid, pad)
         positions = (valid.long().cumsum(1) - 1).clamp(min=0)  # (B, P) RoPE positions from each row's start
@@ -253,6 +300,32 @@ class GenerationMixin:
             else:
                 logits = self._full_step(seqs[:, :P], pad)
 
+            if beams is not None:
+                for step in range(steps):
+                    log_probs = processors(beams.flat_running(P + step), torch.log_softmax(logits.float(), dim=-1))
+                    if cfg.output_logits:
+                        logits_out.append(logits)
+                    if cfg.output_scores:
+                        scores_out.append(log_probs)
+                    next_token, rows, finished = beams.step(log_probs)
+                    if finished or step == steps - 1:
+                        break
+                    if cfg.use_past:
+                        for cache in state.kv_caches:  # each beam continues the cache rows of the beam it extends
+                            cache.key_cache.copy_(cache.key_cache.index_select(0, rows))
+                            cache.value_cache.copy_(cache.value_cache.index_select(0, rows))
+                        slot = P + step
+                        kv_valid[:, slot] = True
+                        inputs = self.prepare_inputs_for_generation(
+                            next_token[:, None], position_ids=(lengths_t + step)[:, None],
+                            cache_position=slots[slot : slot + 1], attention_mask=kv_valid[:, None, None, :],
+                        )  # fmt: skip
+                        logits = decode(**inputs, kv_caches=state.kv_caches)
+                        if cfg.compile_decode:
+                            logits = logits.clone()
+                    else:
+                        logits = self._full_step(beams.flat_running(P + step + 1), pad)
+                steps = 0  # the sampling loop below does not run
             done = torch.zeros(B, dtype=torch.bool, device=device)
             n_run = 0
             for step in range(steps):
@@ -288,6 +361,13 @@ class GenerationMixin:
             if streamer is not None:
                 streamer.end()
 
+        if beams is not None:
+            completions, sequence_scores = beams.best(int(cfg.num_return_sequences or 1))
+            n_ret = len(completions) // len(prompts)
+            outputs = [np.asarray(prompts[i // n_ret] + c, dtype=np.int32) for i, c in enumerate(completions)]
+            if cfg.return_dict_in_generate:
+                return GenerateOutput(outputs, scores_out or None, logits_out or None, sequence_scores.cpu())
+            return outputs
         generated = seqs[:, P : P + n_run].cpu().numpy()
         eos_set = set(eos)
         outputs = []
