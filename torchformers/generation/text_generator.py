@@ -297,6 +297,18 @@ class GenerationMixin:
                 )  # fmt: skip
                 logits = self.forward_with_cache(**inputs, kv_caches=state.kv_caches)  # (B, vocab)
                 decode = self._decode_step(bool(cfg.compile_decode))
+
+                def decode_next(next_token: torch.Tensor, step: int) -> torch.Tensor:
+                    """One decode step through the cache: the tokens `(B,)` chosen at `step` -> logits `(B, vocab)`."""
+                    slot = P + step
+                    kv_valid[:, slot] = True
+                    inputs = self.prepare_inputs_for_generation(
+                        next_token[:, None], position_ids=(lengths_t + step)[:, None],
+                        cache_position=slots[slot : slot + 1], attention_mask=kv_valid[:, None, None, :],
+                    )  # fmt: skip
+                    logits = decode(**inputs, kv_caches=state.kv_caches)
+                    # CUDA graph outputs are overwritten by the next replay
+                    return logits.clone() if cfg.compile_decode else logits
             else:
                 logits = self._full_step(seqs[:, :P], pad)
 
@@ -314,15 +326,7 @@ class GenerationMixin:
                         for cache in state.kv_caches:  # each beam continues the cache rows of the beam it extends
                             cache.key_cache.copy_(cache.key_cache.index_select(0, rows))
                             cache.value_cache.copy_(cache.value_cache.index_select(0, rows))
-                        slot = P + step
-                        kv_valid[:, slot] = True
-                        inputs = self.prepare_inputs_for_generation(
-                            next_token[:, None], position_ids=(lengths_t + step)[:, None],
-                            cache_position=slots[slot : slot + 1], attention_mask=kv_valid[:, None, None, :],
-                        )  # fmt: skip
-                        logits = decode(**inputs, kv_caches=state.kv_caches)
-                        if cfg.compile_decode:
-                            logits = logits.clone()
+                        logits = decode_next(next_token, step)
                     else:
                         logits = self._full_step(beams.flat_running(P + step + 1), pad)
                 steps = 0  # the sampling loop below does not run
@@ -343,15 +347,7 @@ class GenerationMixin:
                 if step == steps - 1 or bool(done.all()):
                     break
                 if cfg.use_past:
-                    slot = P + step
-                    kv_valid[:, slot] = True
-                    inputs = self.prepare_inputs_for_generation(
-                        next_token[:, None], position_ids=(lengths_t + step)[:, None],
-                        cache_position=slots[slot : slot + 1], attention_mask=kv_valid[:, None, None, :],
-                    )  # fmt: skip
-                    logits = decode(**inputs, kv_caches=state.kv_caches)
-                    if cfg.compile_decode:
-                        logits = logits.clone()  # CUDA graph outputs are overwritten by the next replay
+                    logits = decode_next(next_token, step)
                 else:
                     logits = self._full_step(seqs[:, : P + step + 1], pad)
         finally:

@@ -19,27 +19,13 @@ from torchformers.generation.generation_config import token_id_list
 from torchformers.models.configuration_utils import ConfigError, PretrainedConfig, convert_dtype
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 from torchformers.tools.register.config import DictConfig
+from torchformers.tools.register.template import STRICT_DEFAULTS
 
 __all__ = ["DEFAULT_PARALLEL_CONFIG", "EXTEND_METHODS", "LlamaConfig"]
 
 # MindFormers' default `TransformerOpParallelConfig` (`default_transformer_config`): what
 # `LlamaConfig().parallel_config` holds; a given mapping overrides these keys
-DEFAULT_PARALLEL_CONFIG: dict[str, Any] = {
-    "data_parallel": 1,
-    "model_parallel": 1,
-    "context_parallel": 1,
-    "expert_parallel": 1,
-    "pipeline_stage": 1,
-    "micro_batch_num": 1,
-    "seq_split_num": 1,
-    "use_seq_parallel": False,
-    "optimizer_shard": None,
-    "gradient_aggregation_group": 4,
-    "vocab_emb_dp": True,
-    "context_parallel_algo": "colossalai_cp",
-    "ulysses_degree_in_cp": 1,
-    "mem_coeff": 0.1,
-}
+DEFAULT_PARALLEL_CONFIG: dict[str, Any] = dict(STRICT_DEFAULTS["parallel_config"])
 _PARALLEL_DEGREES = ("data_parallel", "model_parallel", "context_parallel", "expert_parallel", "pipeline_stage",
                      "micro_batch_num")  # fmt: skip
 
