@@ -140,19 +140,30 @@ def write_parquet(path: Path, columns: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def test_training_on_mindrecord_gives_the_losses_of_the_same_samples_in_parquet(tmp_path):
-    from tests.trainer.conftest import TINY_YAML, tiny_overrides
-    from torchformers.cli import main
+@pytest.mark.parametrize(
+    ("name", "yaml", "run_mode", "columns"),
+    [
+        ("wiki", "pretrain_llama_tiny.yaml", "train", ["input_ids"]),
+        ("alpaca", "finetune_llama_tiny.yaml", "finetune", ["input_ids", "labels"]),
+    ],
+)
+def test_training_on_mindrecord_gives_the_losses_of_the_same_samples_in_parquet(
+    tmp_path, name, yaml, run_mode, columns
+):
+    from tests.trainer.conftest import TINY_YAML, tiny_config
+    from torchformers.tools.context import build_context
+    from torchformers.trainer import CausalLanguageModelingTrainer
 
-    parquet = write_parquet(tmp_path / "wiki.parquet", {"input_ids": expected("wiki.input_ids")})
+    parquet = write_parquet(tmp_path / f"{name}.parquet", {c: expected(f"{name}.{c}") for c in columns})
     losses = {}
-    for name, data in (("mindrecord", FIXTURES / "wiki.mindrecord"), ("parquet", parquet)):
-        out = tmp_path / name
-        argv = ["--config", str(TINY_YAML), "--run_mode", "train"]
-        argv += tiny_overrides(out, data, **{"runner_config.stop_step": 6})
-        assert main(argv) == 0
+    for kind, data in (("mindrecord", FIXTURES / f"{name}.mindrecord"), ("parquet", parquet)):
+        out = tmp_path / kind
+        extra = {"runner_config.stop_step": 6, "train_dataset.input_columns": columns, "load_checkpoint": ""}
+        config = tiny_config(out, data, run_mode=run_mode, yaml=TINY_YAML.with_name(yaml), **extra)
+        build_context(config)
+        CausalLanguageModelingTrainer().train(config=config)
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        losses[name] = [r["loss"] for r in records]
+        losses[kind] = [r["loss"] for r in records]
     assert len(losses["parquet"]) == 6 and losses["mindrecord"] == losses["parquet"]
 
 
