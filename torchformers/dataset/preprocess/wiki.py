@@ -4,7 +4,8 @@ The text is cleaned as MindFormers' `clean_wikitext` does, split on blank lines,
 starting with "=") dropped, and each paragraph encoded as `<s> ... </s>`. MindFormers cleans the whole
 file at once; files are read here in chunks (`iter_wiki_chunks`), so files larger than memory work,
 and the chunks are cut only where cleaning them one by one gives exactly what cleaning the whole file
-gives (see `_CutFinder`).
+gives (see `_CutFinder`). An opening bracket that is never closed leaves no such place after it: the
+rest of the file is then one chunk, held in memory as MindFormers holds the whole file.
 """
 
 from __future__ import annotations
