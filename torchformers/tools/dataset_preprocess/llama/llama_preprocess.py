@@ -17,6 +17,9 @@ tokens lost to the tail remainder).
   Input is cleaned chunk by chunk, so files larger than memory work, each chunk cut between two
   paragraphs where no bracket or quote pair of the cleaning regexes spans the cut: the result is
   exactly MindFormers' `clean_wikitext` of the whole file.
+- `wikipedia`: MindFormers' Parquet path (`TrainingDataset`): the first column's text, line by line,
+  cut into `seq_length + 1` samples that begin with BOS and end with EOS, exactly `--samples_num` of
+  them (the files are read again from the first when they hold fewer).
 - `qa`: conversation JSON (`alpaca_converter` output, ShareGPT `conversations` of `from`/`value`, or
   `messages` of `role`/`content`; a JSON list or JSON lines), formatted with `--chat_format`:
   `vicuna` (MindFormers: vicuna_v1.1 template, split into rounds on "</s>", each round `<s> round </s>`
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Tokenize wiki text or conversations into seq_length+1 samples (Parquet)."
     )
-    parser.add_argument("--dataset_type", type=str, default="wiki", choices=["wiki", "qa"])
+    parser.add_argument("--dataset_type", type=str, default="wiki", choices=["wiki", "wikipedia", "qa"])
     parser.add_argument("--input_glob", type=str, required=True, help="input file(s), a glob pattern")
     parser.add_argument("--output_file", type=str, required=True, help="output Parquet file")
     parser.add_argument(
@@ -135,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--samples_num",
         type=int,
         default=None,
-        help="MindFormers: the number of samples of its 'wikipedia' dataset type; like MindFormers, no effect on "
-        "wiki and qa (every sample is written)",
+        help="wikipedia: the number of samples written (default 10000, as MindFormers; the files are read again "
+        "when they hold fewer); as in MindFormers, no effect on wiki and qa (every sample is written)",
     )
     parser.add_argument("--pad_token_id", type=int, default=None, help="default: the tokenizer's pad id, else 0")
     parser.add_argument("--chat_format", type=str, default="vicuna", choices=list(CHAT_FORMATS))
@@ -178,7 +181,7 @@ def _tokenizer_choice(args: argparse.Namespace) -> tuple[str | None, str | None]
 
 def _preprocess(args: argparse.Namespace) -> int:
     tokenizer_type, register_path = _tokenizer_choice(args)
-    if args.samples_num is not None:
+    if args.samples_num is not None and args.dataset_type != "wikipedia":
         logging.getLogger(__name__).info(
             f"--samples_num {args.samples_num} has no effect on --dataset_type {args.dataset_type}: in MindFormers it "
             f"only sizes the 'wikipedia' dataset type; every {args.dataset_type} sample is written"
@@ -206,6 +209,7 @@ def _preprocess(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        samples_num=args.samples_num if args.samples_num is not None else 10000,
     )
     print(json.dumps({"output": meta["files"], "counts": meta["counts"]}))
     return 0
