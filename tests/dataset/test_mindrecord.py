@@ -21,7 +21,6 @@ from torchformers.dataset import (
     build_dataset,
     build_dataset_loader,
 )
-from torchformers.errors import DataError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -170,9 +169,9 @@ def test_training_on_mindrecord_gives_the_losses_of_the_same_samples_in_parquet(
 def test_damaged_and_mistaken_inputs_get_one_line_errors(tmp_path):
     cut = tmp_path / "wiki.mindrecord"
     cut.write_bytes((FIXTURES / "wiki.mindrecord").read_bytes()[:30000])
-    with pytest.raises(DataError, match="truncated"):
+    with pytest.raises(DatasetFormatError, match="truncated"):
         MindRecordDataset(str(cut))
-    with pytest.raises(DataError, match=r"missing: .*wiki_shards\.mindrecord1"):
+    with pytest.raises(DatasetFormatError, match=r"missing: .*wiki_shards\.mindrecord1"):
         shutil.copy(FIXTURES / "wiki_shards.mindrecord0", tmp_path / "wiki_shards.mindrecord0")
         MindRecordDataset(str(tmp_path / "wiki_shards.mindrecord0"))
     fake = tmp_path / "alpaca.mindrecord"

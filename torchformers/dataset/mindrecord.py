@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from torchformers.errors import DataError
+from torchformers.dataset.errors import DatasetFormatError
 
-__all__ = ["MindRecordFile", "decode_msgpack", "is_mindrecord", "mindrecord_shards", "read_header"]
+__all__ = ["MindRecordError", "MindRecordFile", "decode_msgpack", "is_mindrecord", "mindrecord_shards", "read_header"]
 
 _MAX_HEADER_BYTES = 128 << 20  # MindSpore's kMaxHeaderSize
 _BLOB, _RAW = "BLOB_DATA", "RAW_DATA"
@@ -44,7 +44,7 @@ _DTYPES = {"int32": np.int32, "int64": np.int64, "float32": np.float32, "float64
 _WIDTH_DTYPES = (np.dtype("<i1"), np.dtype("<i2"), np.dtype("<i4"), np.dtype("<i8"))
 
 
-class MindRecordError(DataError):
+class MindRecordError(DatasetFormatError):
     """A file that should be MindRecord is not, or is damaged."""
 
 

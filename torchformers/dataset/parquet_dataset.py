@@ -20,18 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from torchformers.dataset.errors import DatasetFormatError
 from torchformers.dataset.mindrecord import is_mindrecord, mindrecord_shards
-from torchformers.errors import DataError
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 
 __all__ = ["DatasetFormatError", "ParquetDataset", "dataset_format", "resolve_dataset_files"]
 
 PARQUET_MAGIC = b"PAR1"
 _SKIPPED_SUFFIXES = (".json", ".db", ".md", ".txt")
-
-
-class DatasetFormatError(DataError):
-    """The data set files are missing or not in the expected format."""
 
 
 def _is_parquet(path: Path) -> bool:
