@@ -1,4 +1,4 @@
-"""The Parquet loader: YAML blocks, MindDataset alias, DP shards, seeded shuffle and exact resume."""
+"""The Parquet loader: YAML blocks, MindDataset over Parquet, DP shards, seeded shuffle and exact resume."""
 
 from __future__ import annotations
 
@@ -123,11 +123,11 @@ def test_resume_with_worker_processes_and_another_world_size(data_file):
         bad.load_state_dict(state)
 
 
-def test_mindrecord_and_missing_inputs_get_clear_errors(data_file, tmp_path):
+def test_damaged_mindrecord_and_missing_inputs_get_clear_errors(data_file, tmp_path):
     record = tmp_path / "alpaca.mindrecord"
     record.write_bytes(b"\x00" * 64)
     (tmp_path / "alpaca.mindrecord.db").write_bytes(b"SQLite format 3\x00")
-    with pytest.raises(DatasetFormatError, match="is a MindRecord file"):
+    with pytest.raises(DatasetFormatError, match="looks like a MindRecord file but has no MindRecord header"):
         build_dataset(config(record))
     with pytest.raises(DatasetFormatError, match="does not exist"):
         build_dataset(config(tmp_path / "nope.parquet"))

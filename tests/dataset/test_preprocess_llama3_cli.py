@@ -48,3 +48,30 @@ def test_alpaca_with_llama3_tokenizer_from_register_path(tmp_path, monkeypatch):
             f"{human}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
         )
         assert (ids[learnt[-1] + 1 :] == tok.pad_token_id).all()
+
+
+def test_mindformers_tokenizer_and_samples_num_flags(tmp_path, monkeypatch, capsys, wiki_text_file):
+    """`--tokenizer llama3` is llama3_1_preprocess.py's Llama3Tokenizer; `--samples_num` sizes only MindFormers'
+    'wikipedia' type, so wiki output is the same with it."""
+    monkeypatch.chdir(tmp_path)  # research/llama3_1 is found from the repository root
+    text = tmp_path / "wiki.txt"
+    text.write_text(wiki_text_file.read_text(encoding="utf-8")[:100_000], encoding="utf-8")
+    model_file = str(fetch("llama3/tokenizer.model"))
+    common = ["--dataset_type", "wiki", "--input_glob", str(text), "--seq_length", "255", "--model_file", model_file,
+              "--num_workers", "1", "--no_progress"]  # fmt: skip
+    flags = tmp_path / "flags.parquet"
+    mindformers_flags = ["--tokenizer", "llama3", "--samples_num", "3"]
+    assert llama_preprocess.main([*common, "--output_file", str(flags), *mindformers_flags]) == 0
+    explicit = tmp_path / "explicit.parquet"
+    argv = [*common, "--output_file", str(explicit), "--tokenizer_type", "Llama3Tokenizer"]
+    assert llama_preprocess.main([*argv, "--register_path", "research/llama3_1"]) == 0
+    got, want = pq.read_table(flags), pq.read_table(explicit)
+    assert got.num_rows > 3 and got.column("input_ids").equals(want.column("input_ids"))
+    meta = json.loads(Path(f"{flags}.meta.json").read_text(encoding="utf-8"))
+    assert meta["tokenizer"] == "Llama3Tokenizer(tokenizer.model)"
+
+    capsys.readouterr()
+    clash = [*common, "--output_file", str(tmp_path / "x.parquet"), "--tokenizer", "llama"]
+    clash += ["--tokenizer_type", "Llama3Tokenizer"]
+    assert llama_preprocess.main(clash) == 2
+    assert "--tokenizer llama means --tokenizer_type LlamaTokenizer" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Data sets: Parquet-backed loaders registered for YAML, and the resumable DataLoader.
+"""Data sets: Parquet and MindRecord loaders registered for YAML (`MindDataset` reads either), and the
+resumable DataLoader.
 
 The preprocessing machinery is `torchformers.dataset.preprocess` (imported on demand: it loads pyarrow);
 its programs are at MindFormers' paths, `torchformers.tools.dataset_preprocess`.
@@ -11,12 +12,17 @@ from torchformers.dataset.dataloader import (
     collate_columns,
     dp_rank_and_size,
 )
+from torchformers.dataset.mind_dataset import MindDataset, MindRecordDataset
+from torchformers.dataset.mindrecord import MindRecordFile
 from torchformers.dataset.parquet_dataset import DatasetFormatError, ParquetDataset, resolve_dataset_files
 from torchformers.tools.register.build import build_dataset, build_dataset_loader
 
 __all__ = [
     "CausalLanguageModelDataset",
     "DatasetFormatError",
+    "MindDataset",
+    "MindRecordDataset",
+    "MindRecordFile",
     "ParquetDataset",
     "ResumableBatchSampler",
     "ResumableDataLoader",

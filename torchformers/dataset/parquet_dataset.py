@@ -1,8 +1,8 @@
-"""A map-style dataset over the Parquet files `llama_preprocess` writes (our MindRecord replacement).
+"""A map-style dataset over the Parquet files `llama_preprocess` writes, and the data set file resolution
+that it shares with the MindRecord reader.
 
-Registered as DATASET_LOADER `ParquetDataset`, and as `MindDataset` so MindFormers YAML
-(`data_loader: {type: MindDataset, dataset_dir: ..., shuffle: True}`) works unchanged once
-`dataset_dir` points at our output. A real MindRecord file gets an error saying how to regenerate it.
+Registered as DATASET_LOADER `ParquetDataset`; MindFormers' `MindDataset` (`mind_dataset.py`) reads
+these files too, and MindRecord files.
 
 Rows are read one row group at a time and the last few row groups are kept (files are written with
 row groups of about 4 MB), so a shuffled pass reads each row group once per sample it serves in the
@@ -15,21 +15,19 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
-from torchformers.errors import DataError
+from torchformers.dataset.errors import DatasetFormatError
+from torchformers.dataset.mindrecord import is_mindrecord, mindrecord_shards
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 
-__all__ = ["DatasetFormatError", "ParquetDataset", "resolve_dataset_files"]
+__all__ = ["DatasetFormatError", "ParquetDataset", "dataset_format", "resolve_dataset_files"]
 
 PARQUET_MAGIC = b"PAR1"
 _SKIPPED_SUFFIXES = (".json", ".db", ".md", ".txt")
-
-
-class DatasetFormatError(DataError):
-    """The data set files are missing or not in the expected format."""
 
 
 def _is_parquet(path: Path) -> bool:
@@ -41,50 +39,77 @@ def _is_parquet(path: Path) -> bool:
         return f.read(4) == PARQUET_MAGIC
 
 
-def _check_parquet(path: Path) -> None:
+_MINDRECORD_NAME = re.compile(r"mindrecord\d*$")  # MindFormers' pattern for MindRecord files in a folder
+
+
+def _file_format(path: Path) -> str:
     if _is_parquet(path):
-        return
+        return "parquet"
+    if is_mindrecord(path):
+        return "mindrecord"
     if Path(f"{path}.db").exists() or ".mindrecord" in path.name:
         raise DatasetFormatError(
-            f"{path} is a MindRecord file (MindSpore's own format), which torchformers does not read. "
-            "Regenerate the data set as Parquet with `python -m "
-            "torchformers.tools.dataset_preprocess.llama.llama_preprocess ... --output_file NAME` "
-            "and point data_loader.dataset_dir at that output"
+            f"{path} looks like a MindRecord file but has no MindRecord header (a partly written or damaged file?)"
         )
     raise DatasetFormatError(
-        f"{path} is not a Parquet file (no 'PAR1' magic; a partly written or foreign file?). "
-        "data_loader.dataset_dir must name llama_preprocess output: a Parquet file, its folder, or its .meta.json"
+        f"{path} is neither Parquet (no 'PAR1' magic) nor MindRecord (no MindRecord header); "
+        "data_loader.dataset_dir must name llama_preprocess output (a Parquet file, its folder, or its .meta.json) "
+        "or MindRecord files (a .mindrecord file or a folder of them)"
     )
 
 
+def dataset_format(files: list[Path]) -> str:
+    """The one format of all `files`, "parquet" or "mindrecord" (a mix is an error)."""
+    formats = {f: _file_format(f) for f in files}
+    kinds = sorted(set(formats.values()))
+    if len(kinds) > 1:
+        example = {k: next(str(f) for f, v in formats.items() if v == k) for k in kinds}
+        raise DatasetFormatError(f"data_loader.dataset_dir mixes Parquet ({example['parquet']}) and MindRecord "
+                                 f"({example['mindrecord']}) files; give one format")  # fmt: skip
+    return kinds[0]
+
+
+def _folder_files(path: Path) -> list[Path]:
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if any(_MINDRECORD_NAME.search(p.name) for p in files):
+        # as MindFormers: every file under the folder whose name ends in "mindrecord" and digits
+        return sorted(Path(root) / name for root, _, names in os.walk(path) for name in names
+                      if _MINDRECORD_NAME.search(name))  # fmt: skip
+    return [p for p in files if not p.name.endswith(_SKIPPED_SUFFIXES)]
+
+
 def resolve_dataset_files(dataset_dir: str | os.PathLike | list) -> list[Path]:
-    """The Parquet files that `dataset_dir` names: a file, a list of files, a folder, or a `.meta.json`."""
+    """The data files that `dataset_dir` names: a file, a list of files, a folder, or a `.meta.json`.
+
+    One MindRecord file stands for every shard of its data set (as in MindSpore's `MindDataset`); files in a
+    list or a folder are taken as they are.
+    """
     if isinstance(dataset_dir, (list, tuple)):
-        files = [f for item in dataset_dir for f in resolve_dataset_files(item)]
+        files = [f for item in dataset_dir for f in _resolve_one(item, expand_shards=False)]
     else:
-        path = Path(dataset_dir).expanduser()
-        if not str(dataset_dir):
-            raise DatasetFormatError("data_loader.dataset_dir is empty; set it to the preprocessed data set")
-        if path.is_dir():
-            files = sorted(
-                p
-                for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_SKIPPED_SUFFIXES)
-            )
-            if not files:
-                raise DatasetFormatError(f"data_loader.dataset_dir {path} holds no data file")
-        elif path.is_file() and path.name.endswith(".meta.json"):
-            meta = json.loads(path.read_text(encoding="utf-8"))
-            files = [path.with_name(name) for name in meta.get("files", [])]
-        elif path.is_file():
-            files = [path]
-        elif Path(f"{path}0").is_file():  # MindRecord-style shard names: NAME0, NAME1, ...
-            files = sorted(path.parent.glob(f"{path.name}[0-9]*"), key=lambda p: int(p.name[len(path.name) :] or 0))
-            files = [p for p in files if p.name[len(path.name) :].isdigit()]
-        else:
-            raise DatasetFormatError(f"data_loader.dataset_dir {path} does not exist")
-    for f in files:
-        _check_parquet(f)
+        files = _resolve_one(dataset_dir, expand_shards=True)
+    dataset_format(files)
+    return files
+
+
+def _resolve_one(dataset_dir: str | os.PathLike, expand_shards: bool) -> list[Path]:
+    path = Path(dataset_dir).expanduser()
+    if not str(dataset_dir):
+        raise DatasetFormatError("data_loader.dataset_dir is empty; set it to the preprocessed data set")
+    if path.is_dir():
+        files = _folder_files(path)
+        if not files:
+            raise DatasetFormatError(f"data_loader.dataset_dir {path} holds no data file")
+    elif path.is_file() and path.name.endswith(".meta.json"):
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        files = [path.with_name(name) for name in meta.get("files", [])]
+    elif path.is_file():
+        files = mindrecord_shards(path) if expand_shards and is_mindrecord(path) else [path]
+    elif Path(f"{path}0").is_file():  # shard names NAME0, NAME1, ... (Parquet partitions, MindRecord shards)
+        files = sorted(path.parent.glob(f"{path.name}[0-9]*"), key=lambda p: int(p.name[len(path.name) :] or 0))
+        files = [p for p in files if p.name[len(path.name) :].isdigit()]
+    else:
+        raise DatasetFormatError(f"data_loader.dataset_dir {path} does not exist")
     return files
 
 
@@ -118,6 +143,11 @@ class ParquetDataset:
         if source is None:
             raise DatasetFormatError("data_loader needs dataset_dir (the preprocessed Parquet file or folder)")
         self.files = resolve_dataset_files(source)
+        if dataset_format(self.files) != "parquet":
+            raise DatasetFormatError(
+                f"{self.files[0]} is a MindRecord file (MindSpore's format); data_loader.type ParquetDataset reads "
+                "Parquet only: use type MindDataset, which reads both"
+            )
         self.shuffle = bool(shuffle)
         self.ignored_args = sorted(kwargs)  # MindSpore-only options (num_parallel_workers, ...) have no effect here
         schemas, self._groups = [], []  # _groups: (file index, row group index, first row, rows)
@@ -189,6 +219,3 @@ class ParquetDataset:
         state = dict(self.__dict__)
         state["_handles"], state["_cache"], state["_pid"] = {}, collections.OrderedDict(), None
         return state
-
-
-MindFormerRegister.register_cls(ParquetDataset, MindFormerModuleType.DATASET_LOADER, alias="MindDataset")

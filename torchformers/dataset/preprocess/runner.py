@@ -9,6 +9,12 @@ tokens lost to the tail remainder).
 
 - `wiki` (`wiki.py`): paragraphs encoded as `<s> ... </s>`, all concatenated (`repeat` times) and cut
   into non-overlapping `seq_length + 1` chunks; the last partial chunk is dropped and counted.
+- `wikipedia` (MindFormers' `TrainingDataset` path): Parquet files whose first column is text; each
+  non-blank line encoded, the lines of a file concatenated and cut into `seq_length + 1` chunks (a
+  chunk is emitted once more tokens follow it; what is left at the end of a file is dropped), each
+  chunk's last two tokens replaced by BOS in front and EOS at the end (MindFormers'
+  `prepare_for_model` with both added and right truncation); exactly `samples_num` samples, the files
+  read again from the first when a pass over them gives fewer.
 - `qa` (`chat_formats.py`): each conversation formatted with `chat_format`, checked and encoded, then
   truncated, dropped or refused when too long (`on_long`); `pack` puts several in one sample
   (`packing.py`).
@@ -48,7 +54,7 @@ from torchformers.dataset.preprocess.errors import PreprocessError
 from torchformers.dataset.preprocess.json_stream import json_items, parse_json_line
 from torchformers.dataset.preprocess.packing import Packer
 from torchformers.dataset.preprocess.parquet_writer import ParquetSink, meta_path, output_files
-from torchformers.dataset.preprocess.tokenizer import tokenizer_name
+from torchformers.dataset.preprocess.tokenizer import encode_text, tokenizer_name
 from torchformers.dataset.preprocess.wiki import iter_wiki_chunks, tokenize_wiki_text
 from torchformers.dataset.preprocess.worker_pool import map_chunks
 
@@ -138,13 +144,17 @@ def preprocess(
     chunk_records: int = 64,
     rows_per_group: int | None = None,
     progress: bool = True,
+    samples_num: int = 10000,
 ) -> dict:
     """Tokenize the inputs into Parquet; returns the metadata written next to the output.
 
     `tokenizer_factory` is a callable returning the tokenizer, called once here (forked workers inherit it).
+    `samples_num` is the number of samples of the `wikipedia` type (MindFormers' default, 10000).
     """
-    if dataset_type not in ("wiki", "qa"):
-        raise PreprocessError(f"--dataset_type {dataset_type!r}: expected 'wiki' or 'qa'")
+    if dataset_type not in ("wiki", "wikipedia", "qa"):
+        raise PreprocessError(f"--dataset_type {dataset_type!r}: expected 'wiki', 'wikipedia' or 'qa'")
+    if dataset_type == "wikipedia" and samples_num < 1:
+        raise PreprocessError(f"--samples_num must be positive, got {samples_num}")
     if seq_length < 1:
         raise PreprocessError(f"--seq_length must be positive, got {seq_length}")
     if file_partition < 1 or repeat < 1:
@@ -153,7 +163,7 @@ def preprocess(
         raise PreprocessError(f"--on_long {on_long!r}: expected truncate, drop or error")
     if chat_format not in CHAT_FORMATS:
         raise PreprocessError(f"--chat_format {chat_format!r}: expected one of {CHAT_FORMATS}")
-    inputs = _expand_inputs(input_glob)
+    inputs = _wikipedia_inputs(input_glob) if dataset_type == "wikipedia" else _expand_inputs(input_glob)
     for path in inputs:
         if path.stat().st_size == 0:
             raise PreprocessError(f"{path}: the file is empty")
@@ -169,7 +179,7 @@ def preprocess(
         pad_token_id = getattr(tokenizer, "pad_token_id", None)
         pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
     length = seq_length + 1
-    if dataset_type == "wiki":
+    if dataset_type in ("wiki", "wikipedia"):
         columns = ["input_ids"]
     else:
         columns = ["input_ids", "labels", *(["position_ids", "segment_ids"] if pack else [])]
@@ -196,12 +206,15 @@ def preprocess(
     schema_meta = {k: meta[k] for k in meta if k != "inputs"}
     sink = ParquetSink(files, columns, length, schema_meta, rows_per_group, pad_values)
     total = sum(p.stat().st_size for p in inputs) * repeat if dataset_type == "wiki" else None
-    bar = _progress_bar(progress, total, "B" if dataset_type == "wiki" else "rec")
+    bar = _progress_bar(progress, total, {"wiki": "B", "wikipedia": "line"}.get(dataset_type, "rec"))
     run = _Run(inputs, tokenizer, num_workers, sink, bar, exiting=[])
     started = time.perf_counter()
     try:
         if dataset_type == "wiki":
             counts = _run_wiki(run, length=length, repeat=repeat)
+        elif dataset_type == "wikipedia":
+            meta["samples_num"] = samples_num
+            counts = _run_wikipedia(run, length=length, samples_num=samples_num)
         else:
             options = QaOptions(length, chat_format, pack, on_long, on_error, chunk_records)
             counts = _run_qa(run, options)
@@ -271,6 +284,101 @@ def _run_wiki(run: _Run, *, length: int, repeat: int) -> dict:
     if out["tail_tokens_dropped"]:
         logger.info(f"the last {len(carry)} tokens do not fill a sample of {length} and are dropped (counted)")
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# wikipedia
+# --------------------------------------------------------------------------------------------------
+
+_WIKIPEDIA_LINES_PER_CHUNK = 256
+
+
+def _wikipedia_inputs(input_glob: str | list[str]) -> list[Path]:
+    """As MindFormers' `TrainingDataset`: a folder means its files whose names end in "parquet", sorted."""
+    patterns = [input_glob] if isinstance(input_glob, (str, os.PathLike)) else list(input_glob)
+    files: list[Path] = []
+    for pattern in patterns:
+        if Path(pattern).is_dir():
+            found = sorted(p for p in Path(pattern).iterdir() if p.name.endswith("parquet") and p.is_file())
+            if not found:
+                raise PreprocessError(f"--input_glob {pattern}: the folder holds no *parquet file")
+            files += found
+        else:
+            files += _expand_inputs(pattern)
+    return files
+
+
+def _wikipedia_lines(path: Path):
+    """The non-blank lines of the first column's texts, stripped (MindFormers' `_read_dataset`)."""
+    import pyarrow.parquet as pq  # start-up time: loaded only for this input type
+
+    try:
+        column = pq.read_table(path).column(0)
+    except Exception as err:  # pyarrow's errors for a file that is not Parquet
+        raise PreprocessError(f"{path}: not a readable Parquet file ({err})") from None
+    for text in column.to_pylist():
+        for line in (text or "").strip().split("\n"):
+            if line.strip():
+                yield line.strip()
+
+
+def _wikipedia_task(tokenizer: Any, chunk: tuple[int, bool, bool, list[str]]):
+    file_index, first, last, lines = chunk
+    ids = [encode_text(tokenizer, line) for line in lines]
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32)
+    return file_index, first, last, flat, np.array([len(i) for i in ids], dtype=np.int64)
+
+
+def _run_wikipedia(run: _Run, *, length: int, samples_num: int) -> dict:
+    sink, tokenizer = run.sink, run.tokenizer
+    bos, eos = np.int32(tokenizer.bos_token_id), np.int32(tokenizer.eos_token_id)
+
+    def chunks():  # every file's lines, the files again and again: the consumer stops at samples_num
+        while True:
+            for k, path in enumerate(run.inputs):
+                batch, first = [], True
+                for line in _wikipedia_lines(path):
+                    batch.append(line)
+                    if len(batch) == _WIKIPEDIA_LINES_PER_CHUNK:
+                        yield k, first, False, batch
+                        batch, first = [], False
+                yield k, first, True, batch
+
+    counts = collections.Counter()
+    carry = np.zeros(0, dtype=np.int32)
+    pass_samples = 0
+    results = map_chunks(functools.partial(_wikipedia_task, tokenizer), chunks, num_workers=run.num_workers)
+    try:
+        for file_index, first, last, flat, lengths in results:
+            if first:
+                carry = np.zeros(0, dtype=np.int32)
+                if file_index == 0:
+                    counts["passes"] += 1
+                    pass_samples = 0
+            start = 0
+            for n in lengths.tolist():  # MindFormers' pad_func, line by line
+                carry = np.concatenate([carry, flat[start : start + n]])
+                start += n
+                if len(carry) >= length:
+                    emit = -(-(len(carry) - length) // length)  # chunks with more tokens after them
+                    for j in range(min(emit, samples_num - sink.rows)):
+                        chunk = carry[j * length : (j + 1) * length]
+                        sink.add({"input_ids": np.concatenate([[bos], chunk[:-2], [eos]])}, np.array([length]))
+                    pass_samples += emit
+                    carry = carry[max(emit, 1) * length :]  # an exactly full buffer is dropped, as MindFormers
+                if sink.rows >= samples_num:
+                    return {"samples": sink.rows, "passes": counts["passes"]}
+            if last and file_index == len(run.inputs) - 1 and pass_samples == 0:
+                raise PreprocessError(
+                    f"{', '.join(map(str, run.inputs))} give no sample of {length} tokens "
+                    f"(MindFormers would read them forever)"
+                )
+            if run.bar is not None:
+                run.bar.set_postfix(samples=sink.rows, refresh=False)
+                run.bar.update(len(lengths))
+    finally:
+        results.close()  # stops the worker processes still tokenizing
+    raise AssertionError("unreachable: the chunks repeat until samples_num samples")
 
 
 # --------------------------------------------------------------------------------------------------

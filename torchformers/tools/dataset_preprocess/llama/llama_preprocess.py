@@ -14,9 +14,12 @@ tokens lost to the tail remainder).
 - `wiki`: MindFormers' `clean_wikitext`, split on blank lines, headings (paragraphs starting with "=")
   dropped, each paragraph encoded as `<s> ... </s>`, all concatenated (`--repeat` times) and cut into
   non-overlapping `seq_length + 1` chunks; the last partial chunk is dropped and counted.
-  Input is cleaned chunk by chunk, each chunk a run of whole paragraphs cut between two paragraphs
-  ("X\\n\\nY", X and Y not blank), so files larger than memory work; a bracket or quote pair of the
-  cleaning regexes that spans such a cut is not rejoined (MindFormers cleans the whole file at once).
+  Input is cleaned chunk by chunk, so files larger than memory work, each chunk cut between two
+  paragraphs where no bracket or quote pair of the cleaning regexes spans the cut: the result is
+  exactly MindFormers' `clean_wikitext` of the whole file.
+- `wikipedia`: MindFormers' Parquet path (`TrainingDataset`): the first column's text, line by line,
+  cut into `seq_length + 1` samples that begin with BOS and end with EOS, exactly `--samples_num` of
+  them (the files are read again from the first when they hold fewer).
 - `qa`: conversation JSON (`alpaca_converter` output, ShareGPT `conversations` of `from`/`value`, or
   `messages` of `role`/`content`; a JSON list or JSON lines), formatted with `--chat_format`:
   `vicuna` (MindFormers: vicuna_v1.1 template, split into rounds on "</s>", each round `<s> round </s>`
@@ -76,6 +79,7 @@ __all__ = [
     "IGNORE_TOKEN_ID",
     "PARQUET_OPTIONS",
     "PreprocessError",
+    "TOKENIZERS",
     "SentencePieceTokenizer",
     "build_parser",
     "clean_wikitext",
@@ -93,14 +97,26 @@ __all__ = [
 ]
 
 
+# MindFormers' --tokenizer values: the tokenizer class and where it lives (llama3: the research folder whose
+# llama3_1_preprocess.py takes it)
+TOKENIZERS = {"llama": ("LlamaTokenizer", None), "llama3": ("Llama3Tokenizer", "research/llama3_1")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Tokenize wiki text or conversations into seq_length+1 samples (Parquet)."
     )
-    parser.add_argument("--dataset_type", type=str, default="wiki", choices=["wiki", "qa"])
+    parser.add_argument("--dataset_type", type=str, default="wiki", choices=["wiki", "wikipedia", "qa"])
     parser.add_argument("--input_glob", type=str, required=True, help="input file(s), a glob pattern")
     parser.add_argument("--output_file", type=str, required=True, help="output Parquet file")
-    parser.add_argument("--tokenizer", type=str, default="llama", help="kept for MindFormers compatibility")
+    parser.add_argument(
+        "--tokenizer",
+        type=str,
+        default=None,
+        choices=sorted(TOKENIZERS),
+        help="MindFormers' tokenizer choice: llama (LlamaTokenizer, the default) or llama3 (Llama3Tokenizer of "
+        "research/llama3_1, as its llama3_1_preprocess.py); --model_file is its vocabulary",
+    )
     parser.add_argument("--model_file", type=str, default=None, help="tokenizer model (SentencePiece / tiktoken)")
     parser.add_argument(
         "--tokenizer_type",
@@ -118,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--file_partition", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seq_length", type=int, default=2048)
+    parser.add_argument(
+        "--samples_num",
+        type=int,
+        default=None,
+        help="wikipedia: the number of samples written (default 10000, as MindFormers; the files are read again "
+        "when they hold fewer); as in MindFormers, no effect on wiki and qa (every sample is written)",
+    )
     parser.add_argument("--pad_token_id", type=int, default=None, help="default: the tokenizer's pad id, else 0")
     parser.add_argument("--chat_format", type=str, default="vicuna", choices=list(CHAT_FORMATS))
     parser.add_argument("--pack", action="store_true", help="qa: pack several conversations per sample")
@@ -141,13 +164,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tokenizer_choice(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """`(tokenizer_type, register_path)` from `--tokenizer` (MindFormers' flag) and `--tokenizer_type`."""
+    if args.tokenizer is None:
+        return args.tokenizer_type, args.register_path
+    name, folder = TOKENIZERS[args.tokenizer]
+    if args.tokenizer_type is not None and args.tokenizer_type != name:
+        raise PreprocessError(
+            f"--tokenizer {args.tokenizer} means --tokenizer_type {name}, but --tokenizer_type {args.tokenizer_type} "
+            "was given; pass one of them"
+        )
+    if args.tokenizer_type is None and name == "LlamaTokenizer":
+        return None, args.register_path  # the --model_file SentencePiece path, as without --tokenizer
+    return name, args.register_path or folder
+
+
 def _preprocess(args: argparse.Namespace) -> int:
+    tokenizer_type, register_path = _tokenizer_choice(args)
+    if args.samples_num is not None and args.dataset_type != "wikipedia":
+        logging.getLogger(__name__).info(
+            f"--samples_num {args.samples_num} has no effect on --dataset_type {args.dataset_type}: in MindFormers it "
+            f"only sizes the 'wikipedia' dataset type; every {args.dataset_type} sample is written"
+        )
     factory = functools.partial(
         load_tokenizer,
         model_file=args.model_file,
-        tokenizer_type=args.tokenizer_type,
+        tokenizer_type=tokenizer_type,
         tokenizer_file=args.tokenizer_file,
-        register_path=args.register_path,
+        register_path=register_path,
     )
     meta = preprocess(
         args.dataset_type,
@@ -165,6 +209,7 @@ def _preprocess(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        samples_num=args.samples_num if args.samples_num is not None else 10000,
     )
     print(json.dumps({"output": meta["files"], "counts": meta["counts"]}))
     return 0
