@@ -110,10 +110,63 @@ class _LazySafetensors(Mapping):
         return len(self._where)
 
 
+# ------------------------------------------------------------------------------- MindFormers' layouts
+_RANK_FOLDER = re.compile(r"^rank_(\d+)$")
+_WEIGHT_PATTERNS = ("*.safetensors", "*.ckpt", "*.index.json", "pytorch_model*.bin")
+
+
+def rank_folders(path: str | Path) -> dict[int, Path]:
+    """`{N: path/rank_N}` for the `rank_N/` subfolders of `path` (MindFormers' per-rank checkpoint layout)."""
+    path = Path(path)
+    found = {}
+    for child in path.iterdir() if path.is_dir() else ():
+        match = _RANK_FOLDER.match(child.name)
+        if match and child.is_dir():
+            found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
+def last_checkpoint(folder: str | Path) -> Path:
+    """The newest `.ckpt` file of `folder` by modification time (MindFormers `get_last_checkpoint`)."""
+    folder = Path(folder)
+    files = [f for f in folder.glob("*.ckpt") if f.is_file()]
+    if not files:
+        raise CheckpointError(folder, "holds no .ckpt file (expected MindFormers' rank_N/<prefix>-<epoch>_<step>.ckpt)")
+    return max(files, key=lambda f: (f.stat().st_mtime_ns, f.name))
+
+
+def _current_rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def resolve_weights_path(path: str | Path, *, rank: int | None = None) -> Path:
+    """The file or folder that `load_checkpoint: path` names, resolved as MindFormers' `load_ckpt` does.
+
+    * a name that does not exist gets `.ckpt` appended when that file exists (`llama_7b` -> `llama_7b.ckpt`);
+    * a file, or a folder holding weight files (`*.ckpt`: all of them; the folder `save_pretrained` writes;
+      a Hugging Face or safetensors folder), is returned as it is;
+    * a folder of `rank_N/` subfolders and no weight files gives the newest `.ckpt` (by modification time)
+      of `rank_<rank>/` (`rank`: this process's rank; `rank_0/` when there is no folder for it).
+    """
+    given = Path(path)
+    path = given
+    if not path.exists() and path.suffix != ".ckpt" and path.with_name(path.name + ".ckpt").is_file():
+        path = path.with_name(path.name + ".ckpt")
+    if not path.exists():
+        raise CheckpointError(
+            given, "does not exist (expected a weights file, a folder of them, or a folder of rank_N/ folders)"
+        )
+    if path.is_dir() and not any(any(path.glob(p)) for p in _WEIGHT_PATTERNS):
+        ranks = rank_folders(path)
+        if ranks:
+            rank = _current_rank() if rank is None else rank
+            return last_checkpoint(ranks.get(rank, ranks[min(ranks)]))
+    return path
+
+
 def _weights_files(path: Path) -> Path:
     """The path the formats layer should read: a model folder's own index or `model.safetensors` first."""
-    if not path.exists():
-        raise CheckpointError(path, "does not exist (expected a weights file or a folder of them)")
+    path = resolve_weights_path(path)
     if path.is_dir():
         for name in (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME):
             if (path / name).is_file():
