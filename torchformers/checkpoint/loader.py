@@ -37,6 +37,7 @@ from safetensors import safe_open
 from torch import nn
 
 from torchformers.checkpoint.formats import detect_format, load_checkpoint
+from torchformers.checkpoint.ms_strategy import merge_slices, read_strategy
 from torchformers.errors import CheckpointError
 
 __all__ = [
@@ -46,9 +47,14 @@ __all__ = [
     "dumps_metadata",
     "json_default",
     "load_state_into",
+    "last_checkpoint",
     "load_weights",
+    "merge_sliced_checkpoints",
     "open_weights",
+    "rank_checkpoints",
+    "rank_folders",
     "read_weights",
+    "resolve_weights_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -174,18 +180,57 @@ def _weights_files(path: Path) -> Path:
     return path
 
 
-def read_weights(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def rank_checkpoints(path: str | Path) -> dict[int, Path]:
+    """`{N: newest .ckpt of path/rank_N}`: the per-rank checkpoints of a sliced (distributed) MindFormers run."""
+    ranks = rank_folders(path)
+    if not ranks:
+        raise CheckpointError(path, "has no rank_N/ folders (expected the sliced checkpoints of a distributed run)")
+    return {rank: last_checkpoint(folder) for rank, folder in ranks.items()}
+
+
+def merge_sliced_checkpoints(path: str | Path, strategy: str | Path) -> dict[str, torch.Tensor]:
+    """The full tensors of the per-rank sliced checkpoints under `path/rank_N/`, merged with the MindSpore
+    strategy file or folder `strategy` (`src_strategy_path_or_dir`; see `ms_strategy`).
+
+    A parameter is held by the ranks of its pipeline stage, in rank order; one the strategy does not list
+    (step counters, unsplit tensors) is taken from the first rank that holds it.
+    """
+    layouts = read_strategy(strategy)
+    states = {rank: load_checkpoint(file) for rank, file in rank_checkpoints(path).items()}
+    names = list(dict.fromkeys(name for state in states.values() for name in state))
+    merged = {}
+    for name in names:
+        holders = [state[name] for state in states.values() if name in state]
+        layout = layouts.get(name)
+        if layout is None or layout.device_count == 1:
+            merged[name] = holders[0]
+        else:
+            merged[name] = merge_slices(holders, layout, name)
+    return merged
+
+
+def read_weights(
+    path: str | Path, *, allow_pickle: bool = False, src_strategy: str | Path | None = None
+) -> dict[str, torch.Tensor]:
     """Every tensor of a weights file or folder, `{name: tensor}`.
 
     A folder is read through its `model.safetensors.index.json`, else its `model.safetensors`, else every
-    weights file in it (`*.safetensors`, `*.ckpt`, `pytorch_model*.bin`). `.bin`/`.pt` files that hold
-    more than tensors need `allow_pickle=True` (trusted files only).
+    weights file in it (`*.safetensors`, `*.ckpt`, `pytorch_model*.bin`); MindFormers' layouts are resolved
+    first (`resolve_weights_path`). With `src_strategy` (a MindSpore strategy file or folder), `path` is
+    the folder of a distributed run's `rank_N/` sliced checkpoints and they are merged into full tensors.
+    `.bin`/`.pt` files that hold more than tensors need `allow_pickle=True` (trusted files only).
     """
+    if src_strategy:
+        return merge_sliced_checkpoints(path, src_strategy)
     return load_checkpoint(_weights_files(Path(path)), allow_pickle=allow_pickle)
 
 
-def open_weights(path: str | Path, *, allow_pickle: bool = False) -> Mapping[str, torch.Tensor]:
+def open_weights(
+    path: str | Path, *, allow_pickle: bool = False, src_strategy: str | Path | None = None
+) -> Mapping[str, torch.Tensor]:
     """Like `read_weights`, but safetensors tensors are read only when looked up (one at a time)."""
+    if src_strategy:
+        return merge_sliced_checkpoints(path, src_strategy)
     target = _weights_files(Path(path))
     fmt, files = detect_format(target)
     if fmt == "safetensors":
@@ -318,11 +363,17 @@ def _assign(model: nn.Module, own: Mapping[str, torch.Tensor], where: dict[str, 
 
 
 def load_weights(
-    model: nn.Module, path: str | Path, *, strict: bool = True, allow_pickle: bool = False, **kwargs: Any
+    model: nn.Module,
+    path: str | Path,
+    *,
+    strict: bool = True,
+    allow_pickle: bool = False,
+    src_strategy: str | Path | None = None,
+    **kwargs: Any,
 ) -> LoadReport:
     """`load_state_into(model, open_weights(path))`: a weights file or folder into `model`."""
-    return load_state_into(model, open_weights(path, allow_pickle=allow_pickle), strict=strict, source=str(path),
-                           **kwargs)  # fmt: skip
+    state = open_weights(path, allow_pickle=allow_pickle, src_strategy=src_strategy)
+    return load_state_into(model, state, strict=strict, source=str(path), **kwargs)
 
 
 def dumps_metadata(info: dict) -> bytes:
