@@ -90,3 +90,40 @@ def test_wrong_rank_count_and_bad_files_are_one_line_errors(tmp_path):
         read_strategy(tmp_path / "bad.ckpt")
     with pytest.raises(CheckpointError, match="no rank_N/ folders"):
         merge_sliced_checkpoints(tmp_path, FIXTURES / "strategy_dp2_mp2.ckpt")
+
+
+def _predict_config(load_checkpoint, **extra):
+    from torchformers.cli import config_from_args
+
+    yaml = Path(__file__).parents[2] / "configs" / "tiny" / "predict_llama_tiny.yaml"
+    sizes = {"vocab_size": 64, "hidden_size": 16, "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 32,
+             "num_layers": 2, "seq_length": 16, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+             "tie_word_embeddings": False}  # fmt: skip
+    argv = ["--config", str(yaml), "--run_mode", "predict", "--load_checkpoint", str(load_checkpoint)]
+    for key, value in sizes.items():
+        argv += [f"--model.model_config.{key}", str(value)]
+    for key, value in extra.items():
+        argv += [f"--{key}", str(value)]
+    return config_from_args(argv)
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_auto_trans_ckpt_loads_rank_folders_and_predicts_as_the_full_checkpoint(tag):
+    from torchformers.trainer import CausalLanguageModelingTrainer
+
+    trainer = CausalLanguageModelingTrainer()
+    strategy = FIXTURES / f"strategy_{tag}.ckpt"
+    config = _predict_config(FIXTURES / tag, auto_trans_ckpt=True, src_strategy_path_or_dir=strategy)
+    sliced = trainer.build_network(config)
+    whole = trainer.build_network(_predict_config(FIXTURES / "full.ckpt"))
+    for model in (sliced, whole):
+        model.eval()
+    ids = torch.tensor([[1, 5, 9, 33, 7]])
+    with torch.no_grad():
+        assert torch.equal(sliced(ids), whole(ids))
+    out_sliced = sliced.generate(ids, max_new_tokens=6, do_sample=False)
+    out_whole = whole.generate(ids, max_new_tokens=6, do_sample=False)
+    assert [list(map(int, row)) for row in out_sliced] == [list(map(int, row)) for row in out_whole]
+    # without auto_trans_ckpt the rank folder gives rank 0's slice, which does not fit the model
+    with pytest.raises(CheckpointError, match="different shape"):
+        trainer.build_network(_predict_config(FIXTURES / tag))
