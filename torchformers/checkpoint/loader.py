@@ -16,7 +16,8 @@ What "checkpoint" means across the package, and where each kind is handled:
 * **adapters**: LoRA adapter weights alone, `adapter_model.safetensors` (`torchformers.pet.lora`).
 
 `load_state_into` is model-agnostic: it reads the model's `hf_key_map` (Hugging Face names are renamed
-to native ones), `_tied_weights_keys`, `_keys_to_ignore_on_load_missing` / `_unexpected` (regexes),
+to native ones), `fused_weights` (MindFormers' `qkv_concat` tensors are split into the model's
+parameters), `_tied_weights_keys`, `_keys_to_ignore_on_load_missing` / `_unexpected` (regexes),
 and fills meta-device parameters (materialised from the checkpoint), DTensor parameters (each rank
 keeps its shards of the full tensor) and plain ones.
 """
@@ -288,6 +289,9 @@ def load_state_into(
     `tie_word_embeddings`, or another name of a parameter that is loaded) or matches
     `_keys_to_ignore_on_load_missing`.
     """
+    fused = getattr(model, "fused_weights", None)
+    if fused is not None:  # MindFormers' qkv_concat tensors become the model's separate parameters
+        state = fused.split_state(state, getattr(model, "config", None))
     own = model.state_dict(keep_vars=True)
     if only is not None:
         own = {k: v for k, v in own.items() if only(k)}
