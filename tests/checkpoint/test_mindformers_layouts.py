@@ -1,6 +1,8 @@
 """`load_checkpoint` paths laid out as MindFormers lays them out (its `trainer/utils.py` `load_ckpt`)."""
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +83,18 @@ def test_save_pretrained_folders_origin_and_experimental_and_sharded(tmp_path):
     state = read_weights(sharded)
     assert set(state) == {"a.weight", "b.weight"} and torch.equal(state["b.weight"], B["b.weight"])
     assert set(read_weights(sharded / "mindspore_model.ckpt.index.json")) == {"a.weight", "b.weight"}
+
+
+def test_the_trainer_loads_a_rank_folder_and_a_bare_name(tmp_path, predict_config):
+    from torchformers.trainer import CausalLanguageModelingTrainer
+
+    full = Path(__file__).parent / "fixtures" / "sliced" / "full.ckpt"
+    for rank in (0, 1):
+        (tmp_path / "run" / f"rank_{rank}").mkdir(parents=True)
+        shutil.copy(full, tmp_path / "run" / f"rank_{rank}" / f"llama_rank_{rank}-1_2.ckpt")
+    shutil.copy(full, tmp_path / "llama_tiny.ckpt")
+    trainer = CausalLanguageModelingTrainer()
+    reference = read_weights(full)["lm_head.weight"]
+    for load in (tmp_path / "run", tmp_path / "llama_tiny"):
+        model = trainer.build_network(predict_config(load))
+        assert torch.equal(model.lm_head.weight.detach(), reference), load

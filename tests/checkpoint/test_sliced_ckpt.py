@@ -7,12 +7,13 @@ cannot compile a sharded graph on CPU, so the strategy files were built with Min
 message class (`mindspore.train.node_strategy_pb2.ParallelStrategyMap`) rather than saved by a run.
 """
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from torchformers.checkpoint import CheckpointError
+from torchformers.checkpoint import CheckpointError, save_checkpoint
 from torchformers.checkpoint.loader import merge_sliced_checkpoints, read_weights
 from torchformers.checkpoint.ms_strategy import Layout, ParallelStrategyMap, merge_slices, read_strategy, slice_tensor
 
@@ -72,14 +73,22 @@ def test_read_weights_with_a_strategy_merges(full):
     assert torch.equal(state["lm_head.weight"], full["lm_head.weight"])
 
 
-def test_pipeline_stages_each_param_merged_from_the_ranks_that_hold_it():
-    # 2 stages of 2 ranks: stage 0 holds `a` (split over 2), stage 1 holds `b` (split over 2)
-    layout = Layout((2,), (0, -1))
-    a, b = torch.randn(4, 3), torch.randn(6, 2)
-    pieces = {0: {"a": slice_tensor(a, layout, 0)}, 1: {"a": slice_tensor(a, layout, 1)},
-              2: {"b": slice_tensor(b, layout, 0)}, 3: {"b": slice_tensor(b, layout, 1)}}  # fmt: skip
-    assert torch.equal(merge_slices([pieces[0]["a"], pieces[1]["a"]], layout), a)
-    assert torch.equal(merge_slices([pieces[2]["b"], pieces[3]["b"]], layout), b)
+def test_pipeline_stages_each_param_merged_from_the_ranks_that_hold_it(tmp_path):
+    # 2 stages of 2 ranks: stage 0 holds `a` (rows split over 2), stage 1 holds `b` (columns split over 2);
+    # a JSON strategy file, as MindSpore writes with strategy_ckpt_config save_file *.json
+    a, b = torch.randn(4, 3), torch.randn(2, 6)
+    layouts = {"a": Layout((2,), (0, -1)), "b": Layout((2,), (-1, 0))}
+    holders = {0: ("a", 0), 1: ("a", 1), 2: ("b", 0), 3: ("b", 1)}
+    for rank, (name, local) in holders.items():
+        (tmp_path / f"rank_{rank}").mkdir()
+        full = a if name == "a" else b
+        save_checkpoint({name: slice_tensor(full, layouts[name], local), "global_step": torch.tensor([3])},
+                        tmp_path / f"rank_{rank}" / f"net_rank_{rank}-1_3.ckpt")  # fmt: skip
+    items = {n: {"dev_matrix": list(v.dev_matrix), "tensor_map": list(v.tensor_map), "tensor_shape": [],
+                 "field": 0, "opt_weight_shard_step": 0, "opt_weight_shard_size": 0} for n, v in layouts.items()}
+    (tmp_path / "strategy.json").write_text(json.dumps({"parallel_layout_item": items}))
+    merged = merge_sliced_checkpoints(tmp_path, tmp_path / "strategy.json")
+    assert torch.equal(merged["a"], a) and torch.equal(merged["b"], b) and merged["global_step"].tolist() == [3]
 
 
 def test_wrong_rank_count_and_bad_files_are_one_line_errors(tmp_path):
@@ -92,30 +101,15 @@ def test_wrong_rank_count_and_bad_files_are_one_line_errors(tmp_path):
         merge_sliced_checkpoints(tmp_path, FIXTURES / "strategy_dp2_mp2.ckpt")
 
 
-def _predict_config(load_checkpoint, **extra):
-    from torchformers.cli import config_from_args
-
-    yaml = Path(__file__).parents[2] / "configs" / "tiny" / "predict_llama_tiny.yaml"
-    sizes = {"vocab_size": 64, "hidden_size": 16, "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 32,
-             "num_layers": 2, "seq_length": 16, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-             "tie_word_embeddings": False}  # fmt: skip
-    argv = ["--config", str(yaml), "--run_mode", "predict", "--load_checkpoint", str(load_checkpoint)]
-    for key, value in sizes.items():
-        argv += [f"--model.model_config.{key}", str(value)]
-    for key, value in extra.items():
-        argv += [f"--{key}", str(value)]
-    return config_from_args(argv)
-
-
 @pytest.mark.parametrize("tag", TAGS)
-def test_auto_trans_ckpt_loads_rank_folders_and_predicts_as_the_full_checkpoint(tag):
+def test_auto_trans_ckpt_loads_rank_folders_and_predicts_as_the_full_checkpoint(tag, predict_config):
     from torchformers.trainer import CausalLanguageModelingTrainer
 
     trainer = CausalLanguageModelingTrainer()
     strategy = FIXTURES / f"strategy_{tag}.ckpt"
-    config = _predict_config(FIXTURES / tag, auto_trans_ckpt=True, src_strategy_path_or_dir=strategy)
+    config = predict_config(FIXTURES / tag, auto_trans_ckpt=True, src_strategy_path_or_dir=strategy)
     sliced = trainer.build_network(config)
-    whole = trainer.build_network(_predict_config(FIXTURES / "full.ckpt"))
+    whole = trainer.build_network(predict_config(FIXTURES / "full.ckpt"))
     for model in (sliced, whole):
         model.eval()
     ids = torch.tensor([[1, 5, 9, 33, 7]])
@@ -126,4 +120,40 @@ def test_auto_trans_ckpt_loads_rank_folders_and_predicts_as_the_full_checkpoint(
     assert [list(map(int, row)) for row in out_sliced] == [list(map(int, row)) for row in out_whole]
     # without auto_trans_ckpt the rank folder gives rank 0's slice, which does not fit the model
     with pytest.raises(CheckpointError, match="different shape"):
-        trainer.build_network(_predict_config(FIXTURES / tag))
+        trainer.build_network(predict_config(FIXTURES / tag))
+
+
+_SHARDED_BUILD = """
+import sys, torch, torch.distributed as dist
+from torchformers.checkpoint.loader import read_weights
+from torchformers.parallel import ParallelDims, build_parallel_model
+dist.init_process_group("gloo", rank=0, world_size=1)
+fixtures = sys.argv[1]
+config = {"model_config": {"type": "LlamaConfig", "vocab_size": 64, "hidden_size": 16, "num_layers": 2,
+          "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 32, "seq_length": 16, "compute_dtype": "float32",
+          "param_init_type": "float32"}, "arch": {"type": "LlamaForCausalLM"}}
+model, _ = build_parallel_model(config, ParallelDims(world_size=1), torch.device("cpu"),
+                                checkpoint=fixtures + "/dp2_mp2_opt",
+                                src_strategy=fixtures + "/strategy_dp2_mp2_opt.ckpt")
+full = read_weights(fixtures + "/full.ckpt")
+for name, param in model.state_dict().items():
+    value = param.full_tensor() if hasattr(param, "full_tensor") else param
+    assert torch.equal(value, full[name]), name
+dist.destroy_process_group()
+print("ok")
+"""
+
+
+def test_a_sharded_build_fills_from_sliced_checkpoints_with_their_strategy(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.parallel.test_parallel import _free_port
+
+    repo = Path(__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
+           "MASTER_PORT": str(_free_port())}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _SHARDED_BUILD, str(FIXTURES)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-2000:]

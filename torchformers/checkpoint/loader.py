@@ -194,7 +194,8 @@ def merge_sliced_checkpoints(path: str | Path, strategy: str | Path) -> dict[str
     strategy file or folder `strategy` (`src_strategy_path_or_dir`; see `ms_strategy`).
 
     A parameter is held by the ranks of its pipeline stage, in rank order; one the strategy does not list
-    (step counters, unsplit tensors) is taken from the first rank that holds it.
+    (step counters, unsplit tensors) is taken from the first rank that holds it. Every rank's file is
+    read into memory (as MindSpore's own merge does).
     """
     layouts = read_strategy(strategy)
     states = {rank: load_checkpoint(file) for rank, file in rank_checkpoints(path).items()}

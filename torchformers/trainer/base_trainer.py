@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from torchformers.assets import cache_dir
-from torchformers.checkpoint.loader import load_state_into, load_weights
+from torchformers.checkpoint.loader import load_state_into, load_weights, resolve_weights_path
 from torchformers.errors import ConfigError
 from torchformers.generation import prepare_for_cpu_inference
 from torchformers.parallel import parallel_dims_from_config, parallelize_model
@@ -245,7 +245,8 @@ class BaseTrainer:
         checkpoint = checkpoint or config.get("load_checkpoint") or _named_checkpoint(config)
         if checkpoint:
             strategy = _source_strategy(config)
-            if strategy or is_train_state_file(checkpoint) or Path(checkpoint).suffix in (".safetensors", ".ckpt"):
+            weights_file = resolve_weights_path(checkpoint)  # MindFormers' layouts: rank_N/, a bare name, ...
+            if strategy or is_train_state_file(checkpoint) or weights_file.suffix in (".safetensors", ".ckpt"):
                 state = weights_of_train_state(read_weights(checkpoint, src_strategy=strategy))
                 if lora and any(k.endswith(LORA_A) for k in state):
                     get_pet_model(model, pet_config)  # adapters are in the file: wrap first, then load all
