@@ -95,3 +95,19 @@ def test_convert_weight_qkv_concat_needs_the_config_json(tmp_path, hf_state, cap
             str(tmp_path / "o.ckpt"), "--qkv_concat", "True"]  # fmt: skip
     assert convert_weight.main(args) == 1
     assert "--qkv_concat needs the model's config.json" in capsys.readouterr().err
+
+
+def test_reversed_conversion_splits_a_fused_checkpoint_back_to_hugging_face(tmp_path, hf_llama_dir, hf_state):
+    import shutil
+
+    import convert_weight
+
+    fused_dir = tmp_path / "fused"
+    fused_dir.mkdir()
+    shutil.copy(hf_llama_dir / "config.json", fused_dir / "config.json")
+    assert convert_weight.main(["--model", "llama", "--input_path", str(hf_llama_dir), "--output_path",
+                                str(fused_dir / "llama.ckpt"), "--qkv_concat", "True"]) == 0  # fmt: skip
+    assert convert_weight.main(["--model", "llama", "--input_path", str(fused_dir / "llama.ckpt"), "--output_path",
+                                str(tmp_path / "hf"), "--reversed"]) == 0  # fmt: skip
+    back = read_weights(tmp_path / "hf" / "model.safetensors")
+    assert set(back) == set(hf_state) and all(torch.equal(back[k], v) for k, v in hf_state.items())

@@ -89,7 +89,8 @@ def convert_checkpoint(
         reversed: native -> Hugging Face (MindFormers `--reversed`).
         qkv_concat: write the family's fused parameters (Llama: `attention.w_qkv`, `feed_forward.w_gate_hidden`
             in MindFormers' `qkv_concat` layout), using the head counts of the `config.json` beside the input.
-            The whole checkpoint is held in memory to fuse it.
+            The whole checkpoint is held in memory to fuse it. With `reversed`, fused parameters found in
+            the input are split the same way (the input needs a `config.json` beside it then).
 
     Returns:
         For GGUF input, the Hugging Face style config read from its metadata; otherwise None.
@@ -115,6 +116,16 @@ def convert_checkpoint(
         except KeyMapError as exc:
             raise CheckpointError(input_path, str(exc), tensor=name) from None
 
+    metadata = {"format": "pt"} if output_path.suffix == ".safetensors" else None
+    fused = MindFormerRegister.model_specs[model].fused_weights
+    if reversed and fused is not None and fused.has_fused(source.specs()):
+        # a qkv_concat checkpoint: split into the separate parameters (head counts from config.json) first
+        config = MindFormerRegister.model_specs[model].config_class.from_pretrained(_config_json(input_path))
+        split = fused.split_state(dict(source), config)
+        state = {new: t.to(_cast(t.dtype, target)) for n, t in split.items() if (new := rename(n)) is not None}
+        save_checkpoint(state, output_path, metadata=metadata)
+        return None
+
     specs = {}
     for name, (dt, shape) in source.specs().items():
         new = rename(name)
@@ -128,7 +139,6 @@ def convert_checkpoint(
                 yield new, tensor.to(_cast(tensor.dtype, target))
             del tensor  # one tensor in memory at a time
 
-    metadata = {"format": "pt"} if output_path.suffix == ".safetensors" else None
     if qkv_concat:
         if reversed:
             raise CheckpointError(input_path, "--qkv_concat fuses when converting to native names; not with --reversed")
