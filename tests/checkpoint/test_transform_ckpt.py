@@ -36,3 +36,16 @@ def test_a_missing_strategy_is_a_one_line_error(tmp_path, capsys):
     rc = main(["--src_checkpoint", str(FIXTURES / "dp2_mp2"), "--src_strategy", str(tmp_path / "nope"),
                "--dst_checkpoint_dir", str(tmp_path / "out")])  # fmt: skip
     assert rc == 2 and "--src_strategy" in capsys.readouterr().err
+
+
+def test_reslicing_for_pipeline_stages_is_refused(tmp_path, capsys):
+    from torchformers.checkpoint.ms_strategy import ParallelStrategyMap
+
+    message = ParallelStrategyMap()
+    message.ParseFromString((FIXTURES / "strategy_dp2_mp2.ckpt").read_bytes())
+    for index, item in enumerate(message.parallel_layout_item):  # a merged file of 2 stages
+        item.param_name = f"{index % 2}-{item.param_name}"
+    (tmp_path / "pp2.ckpt").write_bytes(message.SerializeToString())
+    rc = main(["--src_checkpoint", str(FIXTURES / "full.ckpt"), "--dst_checkpoint_dir", str(tmp_path / "out"),
+               "--dst_strategy", str(tmp_path / "pp2.ckpt")])  # fmt: skip
+    assert rc == 2 and "2 pipeline stages" in capsys.readouterr().err

@@ -36,7 +36,7 @@ from google.protobuf.message import DecodeError
 
 from torchformers.checkpoint.errors import CheckpointError
 
-__all__ = ["Layout", "ParallelStrategyMap", "merge_slices", "read_strategy", "slice_tensor"]
+__all__ = ["Layout", "ParallelStrategyMap", "merge_slices", "pipeline_stages", "read_strategy", "slice_tensor"]
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -270,3 +270,25 @@ def read_strategy(path: str | Path) -> dict[str, Layout]:
                 raise CheckpointError(file, "strategy differs from another strategy file's", tensor=name)
             out[name] = layout
     return out
+
+
+def pipeline_stages(path: str | Path) -> set[int]:
+    """The pipeline stages a strategy file (or folder of them) describes: `<stage>-` names of a merged file,
+    else the `stage` of its operator strategies (one stage, 0, for a file without either)."""
+    path = Path(path)
+    files = sorted(path.glob("*.ckpt")) if path.is_dir() else [path]
+    stages: set[int] = set()
+    for file in files:
+        if file.suffix == ".json":
+            continue
+        message = ParallelStrategyMap()
+        try:
+            message.ParseFromString(file.read_bytes())
+        except DecodeError:
+            continue  # read_strategy reports it
+        names = [item.param_name for item in message.parallel_layout_item]
+        if names and all(_STAGE_PREFIX.match(n) for n in names):
+            stages.update(int(n.split("-", 1)[0]) for n in names)
+        else:
+            stages.update(item.parallel_strategys.stage for item in message.parallel_strategy_item)
+    return stages or {0}

@@ -9,7 +9,8 @@ Follows MindFormers' `mindformers/tools/ckpt_transform/transform_checkpoint.py` 
 * `--src_checkpoint`: a folder of `rank_N/` folders (each rank's newest `.ckpt` is taken), or a complete
   checkpoint (file or folder) when `--src_strategy` is not given;
 * `--src_strategy`: the source's strategy file, or the folder of per-rank strategy files;
-* `--dst_strategy`: the strategy to slice for; without it the result is one complete checkpoint.
+* `--dst_strategy`: the strategy to slice for (one pipeline stage); without it the result is one complete
+  checkpoint.
 
 The output is `<dst_checkpoint_dir>/rank_N/<prefix>N.ckpt` for each destination rank (`rank_0/` alone
 when merging), as MindSpore writes it. `--dst_checkpoint`, and `transform_ckpt.py`'s older names
@@ -29,7 +30,7 @@ import torch
 
 from torchformers.checkpoint import save_checkpoint
 from torchformers.checkpoint.loader import read_weights
-from torchformers.checkpoint.ms_strategy import read_strategy, slice_tensor
+from torchformers.checkpoint.ms_strategy import pipeline_stages, read_strategy, slice_tensor
 from torchformers.errors import ConfigError, run_cli
 
 __all__ = ["main", "transform_checkpoint"]
@@ -58,6 +59,12 @@ def transform_checkpoint(
         out = dst / "rank_0" / f"{prefix}0.ckpt"
         _write(full, out)
         return [out]
+    stages = pipeline_stages(dst_strategy)
+    if len(stages) > 1:
+        raise ConfigError(
+            f"--dst_strategy {dst_strategy}: describes {len(stages)} pipeline stages; reslicing for pipeline stages "
+            "is not supported: merge (no --dst_strategy) and let the run shard the full checkpoint"
+        )
     layouts = read_strategy(dst_strategy)
     ranks = max((layout.device_count for layout in layouts.values()), default=1)
     written = []
