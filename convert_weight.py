@@ -3,10 +3,13 @@
     python convert_weight.py --model llama --input_path HF_DIR --output_path out/llama.ckpt --dtype bf16
     python convert_weight.py --model llama --input_path out/llama.ckpt --output_path hf_out/ --reversed
     python convert_weight.py --model llama --input_path model.gguf --output_path out/model.safetensors
+    python convert_weight.py --model llama --input_path HF_DIR/config.json --output_path fused.ckpt --qkv_concat True
     python convert_weight.py --model qwen2 --register_path research/qwen2 --input_path HF_DIR --output_path q.ckpt
 
-Native output is `.safetensors` or `.ckpt` (by suffix). `--reversed` writes Hugging Face names to
-`.safetensors` (a folder gets `model.safetensors`) or `.bin`. GGUF input also writes `config.json`
+Native output is `.safetensors` or `.ckpt` (by suffix). `--input_path` may name a Hugging Face folder or
+its `config.json`. `--qkv_concat True` writes the fused `attention.w_qkv` / `feed_forward.w_gate_hidden`
+of MindFormers' `qkv_concat` models (head counts from the folder's `config.json`). `--reversed` writes
+Hugging Face names to `.safetensors` (a folder gets `model.safetensors`) or `.bin`. GGUF input also writes `config.json`
 beside the output. Unknown `--key value` pairs are accepted and ignored, as MindFormers forwards them.
 `--model` is a registered model family (`ModelSpec`) with a key map. `--register_path DIR` (current
 directory first, then the repository root) imports the files of an external model family's folder
@@ -45,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", default=None, choices=sorted(DTYPES), metavar="{fp32,fp16,bf16}", help="cast floating-point weights"
     )
-    parser.add_argument("--qkv_concat", type=str2bool, default=False, help="fused w_qkv layout (not supported)")
+    parser.add_argument(
+        "--qkv_concat",
+        type=str2bool,
+        default=False,
+        help="write fused attention.w_qkv / feed_forward.w_gate_hidden (MindFormers' qkv_concat layout)",
+    )
     parser.add_argument("--allow_pickle", action="store_true", help="let a trusted .bin/.pt holding objects load")
     return parser
 
@@ -54,13 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     if extra:
         print(f"convert_weight.py: ignoring extra arguments {' '.join(extra)}", file=sys.stderr)
-    if args.qkv_concat:
-        print(
-            "convert_weight.py: --qkv_concat True is not supported: native checkpoints keep separate "
-            "wq/wk/wv and w1/w3 weights; run without --qkv_concat",
-            file=sys.stderr,
-        )
-        return 2
     if args.register_path is not None:
         try:
             import_register_path(args.register_path)
@@ -76,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             reversed=args.reversed,
             allow_pickle=args.allow_pickle,
+            qkv_concat=args.qkv_concat,
         )
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ConfigError, ValueError) as exc:
         print(f"convert_weight.py: {exc}", file=sys.stderr)
         return 1
     if config is not None:

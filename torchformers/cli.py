@@ -89,17 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--load_checkpoint",
         type=str,
-        help="checkpoint file or folder to load (safetensors, .ckpt, .bin/.pt, HF folder, GGUF)",
+        help="checkpoint file or folder to load (safetensors, .ckpt, .bin/.pt, HF folder, GGUF, a folder of rank_N/)",
     )
     add(
         "--src_strategy_path_or_dir",
         type=str,
-        help="source sharding strategy: accepted; torch.distributed.checkpoint reshards without one",
+        help="MindSpore strategy file (or folder of them) of load_checkpoint's rank_N/ sliced checkpoints",
     )
     add(
         "--auto_trans_ckpt",
         type=str2bool,
-        help="reshard a checkpoint to the current parallel layout while loading (true/false)",
+        help="merge load_checkpoint's rank_N/ slices with src_strategy_path_or_dir while loading (true/false)",
     )
     add("--transform_process_num", type=int, help="processes for checkpoint transformation: accepted for compatibility")
     add(

@@ -172,9 +172,6 @@ def test_unmapped_name_and_bad_arguments(tmp_path, capsys):
     )
     assert f"{path}, tensor 'vision.proj': llama key map: no native name" in capsys.readouterr().err
     out = tmp_path / "o.safetensors"
-    args = ["--model", "llama", "--input_path", str(path), "--output_path", str(out), "--qkv_concat", "True"]
-    assert convert_weight.main(args) == 2
-    assert "--qkv_concat True is not supported" in capsys.readouterr().err
     assert convert_weight.main(["--model", "gpt9", "--input_path", str(path), "--output_path", str(out)]) == 1
     assert "--model 'gpt9' has no weight key map" in capsys.readouterr().err
 

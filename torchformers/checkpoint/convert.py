@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from torchformers.checkpoint.errors import CheckpointError
-from torchformers.checkpoint.formats import load_checkpoint, open_checkpoint, write_checkpoint
+from torchformers.checkpoint.formats import load_checkpoint, open_checkpoint, save_checkpoint, write_checkpoint
 from torchformers.checkpoint.gguf_io import gguf_config, gguf_model_spec
 from torchformers.checkpoint.key_map import KeyMap, KeyMapError
 from torchformers.errors import ConfigError
@@ -74,6 +74,7 @@ def convert_checkpoint(
     dtype: str | torch.dtype | None = None,
     reversed: bool = False,
     allow_pickle: bool = False,
+    qkv_concat: bool = False,
 ) -> dict[str, Any] | None:
     """Convert a checkpoint between Hugging Face and native names, streaming one tensor at a time.
 
@@ -86,12 +87,18 @@ def convert_checkpoint(
         dtype: "fp32", "fp16" or "bf16" (any name in `torchformers.utils.DTYPES`) to cast floating-point
             tensors; None keeps each tensor's dtype.
         reversed: native -> Hugging Face (MindFormers `--reversed`).
+        qkv_concat: write the family's fused parameters (Llama: `attention.w_qkv`, `feed_forward.w_gate_hidden`
+            in MindFormers' `qkv_concat` layout), using the head counts of the `config.json` beside the input.
+            The whole checkpoint is held in memory to fuse it. With `reversed`, fused parameters found in
+            the input are split the same way (the input needs a `config.json` beside it then).
 
     Returns:
         For GGUF input, the Hugging Face style config read from its metadata; otherwise None.
     """
     key_map = hf_key_map(model)
     target = to_dtype(dtype, "dtype")
+    if Path(input_path).is_file() and Path(input_path).name == "config.json":
+        input_path = Path(input_path).parent  # MindFormers takes the Hugging Face folder from its config.json
     source = open_checkpoint(input_path, allow_pickle=allow_pickle)
     output_path = Path(output_path)
     if reversed:
@@ -109,6 +116,16 @@ def convert_checkpoint(
         except KeyMapError as exc:
             raise CheckpointError(input_path, str(exc), tensor=name) from None
 
+    metadata = {"format": "pt"} if output_path.suffix == ".safetensors" else None
+    fused = MindFormerRegister.model_specs[model].fused_weights
+    if reversed and fused is not None and fused.has_fused(source.specs()):
+        # a qkv_concat checkpoint: split into the separate parameters (head counts from config.json) first
+        config = MindFormerRegister.model_specs[model].config_class.from_pretrained(_config_json(input_path))
+        split = fused.split_state(dict(source), config)
+        state = {new: t.to(_cast(t.dtype, target)) for n, t in split.items() if (new := rename(n)) is not None}
+        save_checkpoint(state, output_path, metadata=metadata)
+        return None
+
     specs = {}
     for name, (dt, shape) in source.specs().items():
         new = rename(name)
@@ -122,9 +139,31 @@ def convert_checkpoint(
                 yield new, tensor.to(_cast(tensor.dtype, target))
             del tensor  # one tensor in memory at a time
 
-    metadata = {"format": "pt"} if output_path.suffix == ".safetensors" else None
+    if qkv_concat:
+        if reversed:
+            raise CheckpointError(input_path, "--qkv_concat fuses when converting to native names; not with --reversed")
+        fused = _fused_weights(model)
+        config = MindFormerRegister.model_specs[model].config_class.from_pretrained(_config_json(input_path))
+        save_checkpoint(fused.fuse_state(dict(tensors()), config), output_path, metadata=metadata)
+        return gguf_config(input_path) if source.format == "gguf" else None
     write_checkpoint(output_path, specs, tensors(), metadata=metadata)
     return gguf_config(input_path) if source.format == "gguf" else None
+
+
+def _fused_weights(model: str):
+    fused = MindFormerRegister.model_specs[model].fused_weights
+    if fused is None:
+        raise ConfigError(f"--qkv_concat: model family {model!r} has no fused parameters")
+    return fused
+
+
+def _config_json(input_path: str | Path) -> Path:
+    """The `config.json` of a Hugging Face folder (or beside a weights file): the head counts to fuse q/k/v."""
+    path = Path(input_path)
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    if not config.is_file():
+        raise CheckpointError(input_path, f"--qkv_concat needs the model's config.json (head counts); no {config}")
+    return config
 
 
 def gguf_to_native(

@@ -42,6 +42,10 @@ _SUFFIXES = {
     ".pth": "torch",
     ".gguf": "gguf",
 }
+_TWICE = (
+    "tensor name appears twice across the checkpoint's files (a folder of several training steps? MindFormers "
+    "would merge them in directory order); pass one file, or the folder above rank_N/ to take the newest"
+)
 _EXPECTED = "a .safetensors, .ckpt, .bin/.pt/.pth or .gguf file, a *.index.json, or a Hugging Face model folder"
 
 
@@ -61,7 +65,11 @@ def _sniff(path: Path) -> str | None:
 
 def _folder_files(path: Path) -> tuple[str, list[Path]]:
     """The weight files of a folder (Hugging Face layout or a plain folder of shards)."""
-    for index_name, fmt in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "torch")):
+    for index_name, fmt in (
+        ("model.safetensors.index.json", "safetensors"),
+        ("pytorch_model.bin.index.json", "torch"),
+        ("mindspore_model.ckpt.index.json", "ckpt"),  # MindFormers' sharded `save_pretrained`
+    ):
         index = path / index_name
         if index.is_file():
             return fmt, _index_files(index)
@@ -94,7 +102,7 @@ def detect_format(path: str | Path) -> tuple[str, list[Path]]:
     if not path.exists():
         raise CheckpointError(path, "no such file or folder")
     if path.name.endswith(".index.json"):
-        fmt = "torch" if ".bin." in path.name else "safetensors"
+        fmt = "torch" if ".bin." in path.name else "ckpt" if ".ckpt." in path.name else "safetensors"
         return fmt, _index_files(path)
     fmt = _SUFFIXES.get(path.suffix.lower()) or _sniff(path)
     if fmt is None:
@@ -171,7 +179,7 @@ class CheckpointReader:
                 part = {k: (v.dtype, tuple(v.shape)) for k, v in self._torch_tensors().items()}
             for name in part:
                 if name in specs:
-                    raise CheckpointError(f, "tensor name appears twice across the checkpoint files", tensor=name)
+                    raise CheckpointError(f, _TWICE, tensor=name)
             specs.update(part)
         return specs
 
@@ -208,7 +216,7 @@ def load_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict[str
     out: dict[str, torch.Tensor] = {}
     for name, tensor in iter_checkpoint(path, allow_pickle=allow_pickle):
         if name in out:
-            raise CheckpointError(path, "tensor name appears twice", tensor=name)
+            raise CheckpointError(path, _TWICE, tensor=name)
         out[name] = tensor
     return out
 

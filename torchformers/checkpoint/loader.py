@@ -16,7 +16,8 @@ What "checkpoint" means across the package, and where each kind is handled:
 * **adapters**: LoRA adapter weights alone, `adapter_model.safetensors` (`torchformers.pet.lora`).
 
 `load_state_into` is model-agnostic: it reads the model's `hf_key_map` (Hugging Face names are renamed
-to native ones), `_tied_weights_keys`, `_keys_to_ignore_on_load_missing` / `_unexpected` (regexes),
+to native ones), `fused_weights` (MindFormers' `qkv_concat` tensors are split into the model's
+parameters), `_tied_weights_keys`, `_keys_to_ignore_on_load_missing` / `_unexpected` (regexes),
 and fills meta-device parameters (materialised from the checkpoint), DTensor parameters (each rank
 keeps its shards of the full tensor) and plain ones.
 """
@@ -37,6 +38,7 @@ from safetensors import safe_open
 from torch import nn
 
 from torchformers.checkpoint.formats import detect_format, load_checkpoint
+from torchformers.checkpoint.ms_strategy import merge_slices, read_strategy
 from torchformers.errors import CheckpointError
 
 __all__ = [
@@ -46,9 +48,14 @@ __all__ = [
     "dumps_metadata",
     "json_default",
     "load_state_into",
+    "last_checkpoint",
     "load_weights",
+    "merge_sliced_checkpoints",
     "open_weights",
+    "rank_checkpoints",
+    "rank_folders",
     "read_weights",
+    "resolve_weights_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,10 +117,63 @@ class _LazySafetensors(Mapping):
         return len(self._where)
 
 
+# ------------------------------------------------------------------------------- MindFormers' layouts
+_RANK_FOLDER = re.compile(r"^rank_(\d+)$")
+_WEIGHT_PATTERNS = ("*.safetensors", "*.ckpt", "*.index.json", "pytorch_model*.bin")
+
+
+def rank_folders(path: str | Path) -> dict[int, Path]:
+    """`{N: path/rank_N}` for the `rank_N/` subfolders of `path` (MindFormers' per-rank checkpoint layout)."""
+    path = Path(path)
+    found = {}
+    for child in path.iterdir() if path.is_dir() else ():
+        match = _RANK_FOLDER.match(child.name)
+        if match and child.is_dir():
+            found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
+def last_checkpoint(folder: str | Path) -> Path:
+    """The newest `.ckpt` file of `folder` by modification time (MindFormers `get_last_checkpoint`)."""
+    folder = Path(folder)
+    files = [f for f in folder.glob("*.ckpt") if f.is_file()]
+    if not files:
+        raise CheckpointError(folder, "holds no .ckpt file (expected MindFormers' rank_N/<prefix>-<epoch>_<step>.ckpt)")
+    return max(files, key=lambda f: (f.stat().st_mtime_ns, f.name))
+
+
+def _current_rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def resolve_weights_path(path: str | Path, *, rank: int | None = None) -> Path:
+    """The file or folder that `load_checkpoint: path` names, resolved as MindFormers' `load_ckpt` does.
+
+    * a name that does not exist gets `.ckpt` appended when that file exists (`llama_7b` -> `llama_7b.ckpt`);
+    * a file, or a folder holding weight files (`*.ckpt`: all of them; the folder `save_pretrained` writes;
+      a Hugging Face or safetensors folder), is returned as it is;
+    * a folder of `rank_N/` subfolders and no weight files gives the newest `.ckpt` (by modification time)
+      of `rank_<rank>/` (`rank`: this process's rank; `rank_0/` when there is no folder for it).
+    """
+    given = Path(path)
+    path = given
+    if not path.exists() and path.suffix != ".ckpt" and path.with_name(path.name + ".ckpt").is_file():
+        path = path.with_name(path.name + ".ckpt")
+    if not path.exists():
+        raise CheckpointError(
+            given, "does not exist (expected a weights file, a folder of them, or a folder of rank_N/ folders)"
+        )
+    if path.is_dir() and not any(any(path.glob(p)) for p in _WEIGHT_PATTERNS):
+        ranks = rank_folders(path)
+        if ranks:
+            rank = _current_rank() if rank is None else rank
+            return last_checkpoint(ranks.get(rank, ranks[min(ranks)]))
+    return path
+
+
 def _weights_files(path: Path) -> Path:
     """The path the formats layer should read: a model folder's own index or `model.safetensors` first."""
-    if not path.exists():
-        raise CheckpointError(path, "does not exist (expected a weights file or a folder of them)")
+    path = resolve_weights_path(path)
     if path.is_dir():
         for name in (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME):
             if (path / name).is_file():
@@ -121,18 +181,58 @@ def _weights_files(path: Path) -> Path:
     return path
 
 
-def read_weights(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def rank_checkpoints(path: str | Path) -> dict[int, Path]:
+    """`{N: newest .ckpt of path/rank_N}`: the per-rank checkpoints of a sliced (distributed) MindFormers run."""
+    ranks = rank_folders(path)
+    if not ranks:
+        raise CheckpointError(path, "has no rank_N/ folders (expected the sliced checkpoints of a distributed run)")
+    return {rank: last_checkpoint(folder) for rank, folder in ranks.items()}
+
+
+def merge_sliced_checkpoints(path: str | Path, strategy: str | Path) -> dict[str, torch.Tensor]:
+    """The full tensors of the per-rank sliced checkpoints under `path/rank_N/`, merged with the MindSpore
+    strategy file or folder `strategy` (`src_strategy_path_or_dir`; see `ms_strategy`).
+
+    A parameter is held by the ranks of its pipeline stage, in rank order; one the strategy does not list
+    (step counters, unsplit tensors) is taken from the first rank that holds it. Every rank's file is
+    read into memory (as MindSpore's own merge does).
+    """
+    layouts = read_strategy(strategy)
+    states = {rank: load_checkpoint(file) for rank, file in rank_checkpoints(path).items()}
+    names = list(dict.fromkeys(name for state in states.values() for name in state))
+    merged = {}
+    for name in names:
+        holders = [state[name] for state in states.values() if name in state]
+        layout = layouts.get(name)
+        if layout is None or layout.device_count == 1:
+            merged[name] = holders[0]
+        else:
+            merged[name] = merge_slices(holders, layout, name)
+    return merged
+
+
+def read_weights(
+    path: str | Path, *, allow_pickle: bool = False, src_strategy: str | Path | None = None
+) -> dict[str, torch.Tensor]:
     """Every tensor of a weights file or folder, `{name: tensor}`.
 
     A folder is read through its `model.safetensors.index.json`, else its `model.safetensors`, else every
-    weights file in it (`*.safetensors`, `*.ckpt`, `pytorch_model*.bin`). `.bin`/`.pt` files that hold
-    more than tensors need `allow_pickle=True` (trusted files only).
+    weights file in it (`*.safetensors`, `*.ckpt`, `pytorch_model*.bin`); MindFormers' layouts are resolved
+    first (`resolve_weights_path`). With `src_strategy` (a MindSpore strategy file or folder), `path` is
+    the folder of a distributed run's `rank_N/` sliced checkpoints and they are merged into full tensors.
+    `.bin`/`.pt` files that hold more than tensors need `allow_pickle=True` (trusted files only).
     """
+    if src_strategy:
+        return merge_sliced_checkpoints(path, src_strategy)
     return load_checkpoint(_weights_files(Path(path)), allow_pickle=allow_pickle)
 
 
-def open_weights(path: str | Path, *, allow_pickle: bool = False) -> Mapping[str, torch.Tensor]:
+def open_weights(
+    path: str | Path, *, allow_pickle: bool = False, src_strategy: str | Path | None = None
+) -> Mapping[str, torch.Tensor]:
     """Like `read_weights`, but safetensors tensors are read only when looked up (one at a time)."""
+    if src_strategy:
+        return merge_sliced_checkpoints(path, src_strategy)
     target = _weights_files(Path(path))
     fmt, files = detect_format(target)
     if fmt == "safetensors":
@@ -190,6 +290,9 @@ def load_state_into(
     `tie_word_embeddings`, or another name of a parameter that is loaded) or matches
     `_keys_to_ignore_on_load_missing`.
     """
+    fused = getattr(model, "fused_weights", None)
+    if fused is not None:  # MindFormers' qkv_concat tensors become the model's separate parameters
+        state = fused.split_state(state, getattr(model, "config", None))
     own = model.state_dict(keep_vars=True)
     if only is not None:
         own = {k: v for k, v in own.items() if only(k)}
@@ -265,11 +368,17 @@ def _assign(model: nn.Module, own: Mapping[str, torch.Tensor], where: dict[str, 
 
 
 def load_weights(
-    model: nn.Module, path: str | Path, *, strict: bool = True, allow_pickle: bool = False, **kwargs: Any
+    model: nn.Module,
+    path: str | Path,
+    *,
+    strict: bool = True,
+    allow_pickle: bool = False,
+    src_strategy: str | Path | None = None,
+    **kwargs: Any,
 ) -> LoadReport:
     """`load_state_into(model, open_weights(path))`: a weights file or folder into `model`."""
-    return load_state_into(model, open_weights(path, allow_pickle=allow_pickle), strict=strict, source=str(path),
-                           **kwargs)  # fmt: skip
+    state = open_weights(path, allow_pickle=allow_pickle, src_strategy=src_strategy)
+    return load_state_into(model, state, strict=strict, source=str(path), **kwargs)
 
 
 def dumps_metadata(info: dict) -> bytes:

@@ -3,8 +3,9 @@
 MindFormers writes one sliced `.ckpt` per rank plus a strategy file and re-slices offline or with
 `auto_trans_ckpt` (spec §10.3). DCP stores each tensor's global shape and every shard's place in a
 `.metadata` file, so a checkpoint saved under one layout (dp2, FSDP2) loads into any other (tp2, pp2,
-one process): resharding is always on, and `auto_trans_ckpt` / `src_strategy_path_or_dir` have
-nothing left to switch.
+one process): resharding is always on for DCP folders. MindSpore's per-rank sliced `.ckpt` files are
+merged with their strategy file (`auto_trans_ckpt` + `src_strategy_path_or_dir`) and then sharded
+like full weights.
 
 Layout under `<output_dir>/checkpoint/`:
 
@@ -130,7 +131,7 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_weights_into(model: nn.Module, checkpoint: str | Path) -> LoadReport | None:
+def load_weights_into(model: nn.Module, checkpoint: str | Path, src_strategy: str | None = None) -> LoadReport | None:
     """Fill a (sharded, materialised) model from a DCP folder, a train state that names one, or full
     weights (a file or Hugging Face folder); each rank keeps only its shards.
 
@@ -141,6 +142,8 @@ def load_weights_into(model: nn.Module, checkpoint: str | Path) -> LoadReport | 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
+    if src_strategy:  # MindSpore per-rank slices: merged into full tensors, then sharded as any full weights
+        return load_weights(model, checkpoint, model_is_part=True, src_strategy=src_strategy)
     checkpoint = Path(checkpoint)
     if checkpoint.is_file() and is_sharded_train_state(checkpoint):
         checkpoint = checkpoint.parent.parent / _info(checkpoint)[SHARDED_KEY]

@@ -144,11 +144,13 @@ def _broadcast_params(model: nn.Module, mesh) -> None:
 
 def build_parallel_model(model_config, dims: ParallelDims, device: torch.device, *, training: bool = False,
                          recompute: bool = False, compile: bool = False, checkpoint: str | None = None,
-                         mp_policy=None) -> tuple[nn.Module, ParallelPlan]:  # fmt: skip
+                         mp_policy=None, src_strategy: str | None = None,
+                         ) -> tuple[nn.Module, ParallelPlan]:  # fmt: skip
     """Build the model named by `model_config` (`{model_config: {...}, arch: {type: ...}}`) on the meta device,
     shard it, check the sharded layout with `prepare_inputs_for_predict_layout`, then allocate this rank's
     shards on `device` and fill them from `checkpoint` (a sharded folder or a full file) or, without one,
-    with the model's random initialisation."""
+    with the model's random initialisation. With `src_strategy`, `checkpoint` is a folder of MindSpore
+    per-rank sliced checkpoints, merged with that strategy file or folder."""
     with torch.device("meta"):
         model = build_model(model_config)
     plan = parallelize_model(
@@ -160,7 +162,7 @@ def build_parallel_model(model_config, dims: ParallelDims, device: torch.device,
     if hasattr(model, "init_buffers"):
         model.init_buffers(device)
     if checkpoint:
-        load_weights_into(model, checkpoint)
+        load_weights_into(model, checkpoint, src_strategy=src_strategy)
     else:  # the model's own initialisation, now on this rank's shards
         model.post_init()
     return model, plan

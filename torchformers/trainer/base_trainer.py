@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from torchformers.assets import cache_dir
-from torchformers.checkpoint.loader import load_state_into, load_weights
+from torchformers.checkpoint.loader import load_state_into, load_weights, resolve_weights_path
 from torchformers.errors import ConfigError
 from torchformers.generation import prepare_for_cpu_inference
 from torchformers.parallel import parallel_dims_from_config, parallelize_model
@@ -168,6 +168,15 @@ def _named_checkpoint(config) -> str | None:
     )
 
 
+def _source_strategy(config) -> str | None:
+    """`src_strategy_path_or_dir` when `auto_trans_ckpt` is on: `load_checkpoint`'s `rank_N/` sliced
+    checkpoints are merged with it (an empty one means the checkpoint is complete, as in MindFormers)."""
+    strategy = config.get("src_strategy_path_or_dir") if config.get("auto_trans_ckpt") else None
+    if strategy and not Path(strategy).exists():
+        raise ConfigError(f"{config.source_file}: src_strategy_path_or_dir {strategy!r}: no such file or folder")
+    return strategy or None
+
+
 def _fill_vocab_file(config) -> None:
     """A `processor.tokenizer` block without `vocab_file` (MindFormers downloads it by `trainer.model_name`):
     take `$TORCHFORMERS_HOME/<model_name>/tokenizer.model` when it exists, else say what to pass."""
@@ -235,8 +244,10 @@ class BaseTrainer:
         model = build_model(config.model)
         checkpoint = checkpoint or config.get("load_checkpoint") or _named_checkpoint(config)
         if checkpoint:
-            if is_train_state_file(checkpoint) or Path(checkpoint).suffix in (".safetensors", ".ckpt"):
-                state = weights_of_train_state(read_weights(checkpoint))
+            strategy = _source_strategy(config)
+            weights_file = resolve_weights_path(checkpoint)  # MindFormers' layouts: rank_N/, a bare name, ...
+            if strategy or is_train_state_file(checkpoint) or weights_file.suffix in (".safetensors", ".ckpt"):
+                state = weights_of_train_state(read_weights(checkpoint, src_strategy=strategy))
                 if lora and any(k.endswith(LORA_A) for k in state):
                     get_pet_model(model, pet_config)  # adapters are in the file: wrap first, then load all
                     lora = False
@@ -364,8 +375,9 @@ class BaseTrainer:
         weights = None if resume_path is not None else (config.get("load_checkpoint") or None)
         if dims is not None and weights and _weights_fill_meta_model(config, weights):
             network, plan = build_parallel_model(
-                config.model, dims, device, training=True, recompute=recompute, checkpoint=weights
-            )
+                config.model, dims, device, training=True, recompute=recompute, checkpoint=weights,
+                src_strategy=_source_strategy(config),
+            )  # fmt: skip
             logger.info("built sharded on the meta device, weights from %s", weights)
             return network, plan
         # a resumed run reads its weights from the resume train state, not from load_checkpoint
@@ -483,7 +495,8 @@ class CausalLanguageModelingTrainer(BaseTrainer):
             return prepare_for_cpu_inference(self.build_network(config))
         dims = parallel_dims_from_config(config)
         checkpoint = config.get("load_checkpoint") or None
-        model, _ = build_parallel_model(config.model, dims, config.device, checkpoint=checkpoint)
+        model, _ = build_parallel_model(config.model, dims, config.device, checkpoint=checkpoint,
+                                        src_strategy=_source_strategy(config))  # fmt: skip
         return model
 
     def predict(self, config, input_data=None, batch_size=None, network=None, tokenizer=None, **kwargs):

@@ -167,9 +167,18 @@ def is_train_state_file(path: str | Path | None) -> bool:
     return isinstance(path, (str, Path)) and Path(path).is_file() and Path(f"{path}.json").is_file()
 
 
+# step counters and loss-scale state MindFormers' CheckpointMonitor stores inside a training `.ckpt`
+_MINDFORMERS_SCALARS = frozenset(
+    ("epoch_num", "step_num", "global_step", "loss_scale", "global_batch_size", "current_iterator_step",
+     "last_overflow_iterator_step", "scale_sense", "beta1_power", "beta2_power")
+)  # fmt: skip
+
+
 def weights_of_train_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model weights of a train state's tensors (the optimizer moments left out)."""
-    return {k: v for k, v in tensors.items() if not k.startswith(_OPTIM_NAME_PREFIXES)}
+    """The model weights of a train state's tensors (the optimizer moments and step counters left out)."""
+    return {
+        k: v for k, v in tensors.items() if not k.startswith(_OPTIM_NAME_PREFIXES) and k not in _MINDFORMERS_SCALARS
+    }
 
 
 def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, info: dict) -> None:

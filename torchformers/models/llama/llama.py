@@ -23,7 +23,7 @@ from torch import nn
 from torchformers.generation.kv_cache import StaticKVCache
 from torchformers.generation.text_generator import generation_state
 from torchformers.models.attention import causal_attention
-from torchformers.models.llama.convert_weight import LLAMA_HF_KEY_MAP
+from torchformers.models.llama.convert_weight import LLAMA_FUSED, LLAMA_HF_KEY_MAP
 from torchformers.models.llama.llama_config import LlamaConfig
 from torchformers.models.loss import linear_cross_entropy
 from torchformers.models.modeling_utils import PretrainedModel
@@ -227,6 +227,7 @@ class LlamaForCausalLM(PretrainedModel):
     config_class = LlamaConfig
     base_model_prefix = "model"
     hf_key_map = LLAMA_HF_KEY_MAP
+    fused_weights = LLAMA_FUSED  # MindFormers' qkv_concat checkpoints: split into wq/wk/wv and w1/w3 on load
     _tied_weights_keys = ["lm_head.weight"]
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq$"]
 

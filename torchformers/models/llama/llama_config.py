@@ -88,7 +88,8 @@ class LlamaConfig(PretrainedConfig):
     use_attn_mask_compression, use_eod_attn_mask_compression, parallel_optimizer,
     fine_grain_interleave, pp_interleave_num, offset, block_size, num_blocks, quant_config, llm_backend,
     fused_rms_norm, input_sliced_sig, rmsnorm_compute_2d, chunk_prefill, calculate_per_token_loss,
-    pipeline_stage, return_hidden_states, qkv_concat (weights are always held as separate wq/wk/wv).
+    pipeline_stage, return_hidden_states, qkv_concat (weights are always held as separate wq/wk/wv; fused
+    checkpoints are split on load).
     """
 
     model_type = "llama"

@@ -7,7 +7,7 @@ Llama vocabulary or a Llama file (see `torchformers.tools.register.spec`).
 
 from torchformers.assets import Asset, Package, llama_cpp_vocab
 from torchformers.models.gguf_tokenizer import PreTokenizer
-from torchformers.models.llama.convert_weight import LLAMA_GGUF, LLAMA_HF_KEY_MAP
+from torchformers.models.llama.convert_weight import LLAMA_FUSED, LLAMA_GGUF, LLAMA_HF_KEY_MAP
 from torchformers.models.llama.llama import LlamaForCausalLM
 from torchformers.models.llama.llama_config import LlamaConfig
 from torchformers.models.llama.llama_tokenizer import LlamaTokenizer, build_llama2_tokenizer_model
@@ -91,6 +91,7 @@ LLAMA_SPEC = MindFormerRegister.register_model_spec(
         tokenizer_classes=(LlamaTokenizer, LlamaTokenizerFast),
         hf_key_map=LLAMA_HF_KEY_MAP,
         hf_architectures=("LlamaForCausalLM",),
+        fused_weights=LLAMA_FUSED,
         gguf=LLAMA_GGUF,
         gguf_tokenizers={"llama": LlamaTokenizerFast, "gpt2": PretrainedTokenizerFast},
         pretokenizers=LLAMA_PRETOKENIZERS,

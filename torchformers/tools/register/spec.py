@@ -71,6 +71,8 @@ class ModelSpec:
         tokenizer_classes: its tokenizers (registered under TOKENIZER).
         hf_key_map: a `KeyMap` from Hugging Face parameter names to native (MindFormers) ones.
         hf_architectures: the `architectures` names of Hugging Face `config.json` files it reads.
+        fused_weights: a `FusedWeights` (MindFormers' `qkv_concat` parameters split on load, fused by
+            `convert_weight.py --qkv_concat True`), or None.
         gguf: a `GGUFArch` (GGUF tensor names -> Hugging Face names and the q/k layout), or None.
         gguf_tokenizers: GGUF `tokenizer.ggml.model` ("llama", "gpt2") -> the tokenizer class that
             `tokenizer_from_gguf` builds for files of this architecture.
@@ -86,6 +88,7 @@ class ModelSpec:
     tokenizer_classes: tuple[type, ...] = ()
     hf_key_map: Any = None
     hf_architectures: tuple[str, ...] = ()
+    fused_weights: Any = None
     gguf: Any = None
     gguf_tokenizers: Mapping[str, type] = field(default_factory=dict)
     pretokenizers: Mapping[str, Any] = field(default_factory=dict)
