@@ -55,6 +55,7 @@ from torchformers.trainer.checkpointing import (
     find_resume_checkpoint,
     is_train_state_file,
     read_weights,
+    resume_checkpoint_from,
     weights_of_train_state,
 )
 from torchformers.trainer.optimizer import get_optimizer_grouped_parameters
@@ -345,16 +346,25 @@ class BaseTrainer:
     # -- the steps of training_process -------------------------------------------------------------
     @staticmethod
     def _resume_point(config, output_dir: str, rank: int) -> Path | None:
-        """The train state to resume from: `resume_training` (True: the last one under `output_dir`, a
-        name: that file), or `load_checkpoint` when it names a train state and none was found."""
+        """The train state to resume from with `resume_training`: as MindFormers, from `load_checkpoint` (a
+        file, or a folder of `rank_N/` folders: this rank's last checkpoint, or the file `resume_training`
+        names); without `load_checkpoint`, the last one under `output_dir` (True) or the file named."""
         resume = config.get("resume_training")
         if not resume:
             return None
-        resume_path = find_resume_checkpoint(output_dir, resume, rank)
         load = config.get("load_checkpoint")
-        if resume_path is None and isinstance(load, str) and is_train_state_file(load):
-            resume_path = Path(load)
-        return resume_path
+        if isinstance(load, str) and load:
+            candidate = resume_checkpoint_from(load, resume, rank)
+            if is_train_state_file(candidate):
+                return candidate
+            found = find_resume_checkpoint(output_dir, True, rank) if resume is True else None
+            if found is None:
+                logger.warning(
+                    "resume_training: load_checkpoint %s holds no training state (epoch_num, step_num, global_step):"
+                    " training starts at step 0 from its weights", candidate,
+                )  # fmt: skip
+            return found
+        return find_resume_checkpoint(output_dir, resume, rank)
 
     def _training_network(
         self, config, dims, device: torch.device, resume_path: Path | None, recompute: bool
