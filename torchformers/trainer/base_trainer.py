@@ -35,6 +35,7 @@ from torchformers.generation import prepare_for_cpu_inference
 from torchformers.parallel import parallel_dims_from_config, parallelize_model
 from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
 from torchformers.parallel.parallelize import ParallelPlan, build_parallel_model
+from torchformers.parallel.strategy import write_strategy
 from torchformers.pet import get_pet_model, is_lora_config, save_adapters
 from torchformers.pet.lora import LORA_A
 from torchformers.pipeline import pipeline
@@ -317,6 +318,9 @@ class BaseTrainer:
             network, plan = self._training_network(config, dims, device, resume_path, recompute)
         network.to(device)
         train_model, plan, world = self._parallelise(network, plan, dims, device, recompute)
+        if plan is not None and (dims.tp > 1 or dims.pp > 1):  # a sliced layout: say how, as MindFormers does
+            path = write_strategy(network, plan, output_dir, rank, torch.distributed.get_world_size())
+            logger.info("parallel strategy of this rank written to %s", path)
         optimizer, lr_schedule = self._optimizer_and_schedule(config, network, optimizer)
         step_fn = self._train_step(config, network, train_model, optimizer, device, plan)
         cbs = self._training_callbacks(config, callbacks, network, eval_dataset, device, step_fn)
