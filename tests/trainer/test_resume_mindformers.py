@@ -66,12 +66,25 @@ def mindformers_data(tmp_path) -> Path:
     return write_token_rows(rows.reshape(-1), tmp_path / "data.parquet", seq_length=rows.shape[1] - 1)
 
 
-def test_resume_from_mindformers_checkpoint_gives_mindformers_next_losses(tmp_path, mindformers_data):
+@pytest.mark.parametrize("names", ["as_written", "unprefixed"])
+def test_resume_from_mindformers_checkpoint_gives_mindformers_next_losses(tmp_path, mindformers_data, names):
+    """`as_written`: the file MindSpore 2.9 wrote (optimizer state as `optimizer.adam_m.<name>`,
+    `optimizer.global_step`); `unprefixed`: the same tensors under the names without that prefix
+    (`adam_m.<name>`, `global_step`), as MindFormers 1.3.2 checkpoints name them."""
     from torchformers.tools.context import build_context
     from torchformers.trainer import CausalLanguageModelingTrainer
 
     checkpoints = tmp_path / "mf_checkpoint"  # a copy: nothing is written next to the fixture
     shutil.copytree(FIXTURE / "checkpoint", checkpoints)
+    if names == "unprefixed":
+        from torchformers.checkpoint.loader import read_weights
+        from torchformers.checkpoint.ms_ckpt import save_ckpt
+
+        (path,) = (checkpoints / "rank_0").glob("*.ckpt")
+        tensors = read_weights(path)
+        assert any(k.startswith("optimizer.adam_m.") for k in tensors)
+        renamed = {k.removeprefix("optimizer."): v for k, v in tensors.items() if k != "optimizer.global_step"}
+        save_ckpt(renamed.items(), path)
     out = tmp_path / "out"
     config = mindformers_run_config(out, mindformers_data, resume_training=True, load_checkpoint=str(checkpoints))
     build_context(config)
