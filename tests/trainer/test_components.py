@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -153,3 +154,29 @@ def test_train_state_weights_leave_the_optimizer_out(tmp_path):
     assert load_train_state(path, nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), None)["step_num"] == 1
     with pytest.raises(CheckpointError, match="with a different shape"):
         load_train_state(path, nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2)), None)
+
+
+def test_resume_checkpoint_from_load_checkpoint_follows_mindformers_layout(tmp_path):
+    from torchformers.errors import ConfigError
+    from torchformers.trainer.checkpointing import resume_checkpoint_from
+
+    rank0 = tmp_path / "checkpoint" / "rank_0"
+    rank0.mkdir(parents=True)
+    older, newer = rank0 / "m_rank_0-1_2.ckpt", rank0 / "m_rank_0-1_4.ckpt"
+    older.write_bytes(b"x")
+    newer.write_bytes(b"x")
+    (rank0 / ".m_rank_0-1_6.tmp99.ckpt").write_bytes(b"x")  # an unfinished write is never picked
+    os.utime(older, (1, 1))
+    assert resume_checkpoint_from(tmp_path / "checkpoint", True) == newer  # no meta.json: the newest file
+    (rank0 / "meta.json").write_text('{"last_ckpt_file": "m_rank_0-1_2.ckpt"}')
+    assert resume_checkpoint_from(tmp_path / "checkpoint", True) == older  # meta.json names the last one
+    assert resume_checkpoint_from(rank0, True) == older  # the rank folder itself
+    assert resume_checkpoint_from(newer, True) == newer  # a file
+    assert resume_checkpoint_from(tmp_path / "checkpoint", "m_rank_0-1_4.ckpt") == newer  # a name
+    with pytest.raises(ConfigError, match="no such checkpoint file"):
+        resume_checkpoint_from(tmp_path / "checkpoint", "m_rank_0-9_9.ckpt")
+    with pytest.raises(ConfigError, match="no such file or folder"):
+        resume_checkpoint_from(tmp_path / "missing", True)
+    with pytest.raises(ConfigError, match=r"rank_1.*no \.ckpt|no \.ckpt.*rank_1"):
+        (tmp_path / "checkpoint" / "rank_1").mkdir()
+        resume_checkpoint_from(tmp_path / "checkpoint", True, rank=1)
