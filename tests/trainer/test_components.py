@@ -180,3 +180,34 @@ def test_resume_checkpoint_from_load_checkpoint_follows_mindformers_layout(tmp_p
     with pytest.raises(ConfigError, match=r"rank_1.*no \.ckpt|no \.ckpt.*rank_1"):
         (tmp_path / "checkpoint" / "rank_1").mkdir()
         resume_checkpoint_from(tmp_path / "checkpoint", True, rank=1)
+
+
+def test_loss_scale_resumes_from_mindspore_loss_scale_cell_scalars():
+    """fp16 runs: `loss_scale` and the DynamicLossScaleUpdateCell counters of a MindFormers file set the scaler
+    (scale, and the clean steps since the last overflow, after which the scale grows)."""
+    from types import SimpleNamespace
+
+    from torchformers.trainer.train_loop import TrainLoop
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=65536.0, growth_interval=1000)
+    info = {"loss_scale": 1024.0, "current_iterator_step": 11, "last_overflow_iterator_step": 7}
+    TrainLoop._restore_loss_scale(SimpleNamespace(step_fn=SimpleNamespace(scaler=scaler)), info)
+    assert scaler.get_scale() == 1024.0
+    assert scaler.state_dict()["_growth_tracker"] == 3  # steps 8, 9 and 10 were clean
+
+
+def test_resume_position_follows_step_num_as_mindformers():
+    """`step_num` counts steps since the start; scaled by old / new global batch size when that changed."""
+    from types import SimpleNamespace
+
+    from torchformers.trainer.train_loop import TrainLoop
+
+    def position(info, global_batch_size=4, steps_per_epoch=4):
+        ctx = SimpleNamespace(steps_per_epoch=steps_per_epoch)
+        loop = SimpleNamespace(global_batch_size=global_batch_size, ctx=ctx)
+        return TrainLoop._resume_position(loop, info)
+
+    assert position({"step_num": 3, "epoch_num": 1}) == (0, 3)
+    assert position({"step_num": 4, "epoch_num": 1}) == (1, 0)  # the end of epoch 1: epoch 2 from its start
+    assert position({"step_num": 6, "epoch_num": 2}) == (1, 2)
+    assert position({"step_num": 6, "epoch_num": 2, "global_batch_size": 4}, global_batch_size=8) == (0, 3)

@@ -244,7 +244,7 @@ def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
 def _read_scalars(tensors: dict[str, torch.Tensor]) -> dict:
     """The loop scalars of a training checkpoint; `global_step` falls back to the optimizer's own."""
     out: dict = {}
-    for name in (*TRAIN_SCALARS, "optimizer.global_step"):
+    for name in (*TRAIN_SCALARS, "optimizer.global_step", "current_iterator_step", "last_overflow_iterator_step"):
         value = tensors.get(name)
         if value is None or value.numel() != 1:
             continue

@@ -247,6 +247,10 @@ class TrainLoop:
         elif info.get("loss_scale") is not None and scaler.is_enabled():
             state = scaler.state_dict()
             state["scale"] = float(info["loss_scale"])
+            if "current_iterator_step" in info and "last_overflow_iterator_step" in info:
+                # MindSpore's DynamicLossScaleUpdateCell: clean steps since the last overflow or growth
+                clean = int(info["current_iterator_step"]) - 1 - int(info["last_overflow_iterator_step"])
+                state["_growth_tracker"] = max(0, clean)
             scaler.load_state_dict(state)
 
     def _stop_due(self) -> bool:
