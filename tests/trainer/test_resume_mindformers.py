@@ -66,17 +66,18 @@ def mindformers_data(tmp_path) -> Path:
     return write_token_rows(rows.reshape(-1), tmp_path / "data.parquet", seq_length=rows.shape[1] - 1)
 
 
-@pytest.mark.parametrize("names", ["as_written", "unprefixed"])
+@pytest.mark.parametrize("names", ["as_written", "unprefixed", "fused_adamw"])
 def test_resume_from_mindformers_checkpoint_gives_mindformers_next_losses(tmp_path, mindformers_data, names):
     """`as_written`: the file MindSpore 2.9 wrote (optimizer state as `optimizer.adam_m.<name>`,
     `optimizer.global_step`); `unprefixed`: the same tensors under the names without that prefix
-    (`adam_m.<name>`, `global_step`), as MindFormers 1.3.2 checkpoints name them."""
+    (`adam_m.<name>`, `global_step`), as MindFormers 1.3.2 checkpoints name them; `fused_adamw`: the moments
+    under the names MindFormers' FusedAdamW gives them (`exp_avg.<name>`, `exp_avg_sq.<name>`)."""
     from torchformers.tools.context import build_context
     from torchformers.trainer import CausalLanguageModelingTrainer
 
     checkpoints = tmp_path / "mf_checkpoint"  # a copy: nothing is written next to the fixture
     shutil.copytree(FIXTURE / "checkpoint", checkpoints)
-    if names == "unprefixed":
+    if names != "as_written":
         from torchformers.checkpoint.loader import read_weights
         from torchformers.checkpoint.ms_ckpt import save_ckpt
 
@@ -84,6 +85,10 @@ def test_resume_from_mindformers_checkpoint_gives_mindformers_next_losses(tmp_pa
         tensors = read_weights(path)
         assert any(k.startswith("optimizer.adam_m.") for k in tensors)
         renamed = {k.removeprefix("optimizer."): v for k, v in tensors.items() if k != "optimizer.global_step"}
+        if names == "fused_adamw":
+            fused = {"adam_m.": "exp_avg.", "adam_v.": "exp_avg_sq."}
+            renamed = {fused.get(k[:7], k[:7]) + k[7:]: v for k, v in renamed.items()}
+            assert any(k.startswith("exp_avg_sq.") for k in renamed)
         save_ckpt(renamed.items(), path)
     out = tmp_path / "out"
     config = mindformers_run_config(out, mindformers_data, resume_training=True, load_checkpoint=str(checkpoints))

@@ -57,7 +57,13 @@ __all__ = [
 ]
 
 OPTIM_PREFIX = {"exp_avg": "adam_m", "exp_avg_sq": "adam_v", "step": "adam_step", "max_exp_avg_sq": "adam_vmax"}
-_PREFIX_TO_KEY = {v: k for k, v in OPTIM_PREFIX.items()}
+# read also under the names other MindSpore / MindFormers optimizers give the same moments: nn.Adam's
+# `moment1` / `moment2` / `vhat`, MindFormers' FusedAdamW's `exp_avg` / `exp_avg_sq` / `max_exp_avg_sq`
+_PREFIX_TO_KEY = {
+    **{v: k for k, v in OPTIM_PREFIX.items()},
+    **{"moment1": "exp_avg", "moment2": "exp_avg_sq", "vhat": "max_exp_avg_sq"},
+    **{k: k for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")},
+}
 # optimizer tensors are `<prefix>.<parameter name>`; other optimizer states are saved as `optim_<key>.<name>`
 _OPTIM_NAME_PREFIXES = (*(f"{p}." for p in _PREFIX_TO_KEY), "optim_")
 
@@ -280,7 +286,7 @@ def _restore_optimizer(
                                 f"{tuple(p.shape)}", tensor=name,
                             )  # fmt: skip
                         value = value.to(p.device)
-                    entry[key] = value
+                    entry.setdefault(key, value)
             if "exp_avg" in entry and "step" not in entry and global_step is not None:
                 # MindFormers' AdamW keeps one step for all parameters: its global_step
                 entry["step"] = torch.tensor(float(global_step), dtype=torch.float32)
