@@ -165,7 +165,8 @@ def test_dp2_writes_full_weights_that_load_on_one_device(runs):
 
     _, _, root = runs
     files = sorted((root / "dp2" / "checkpoint_network").glob("rank_*/*.safetensors"))
-    assert [f.parent.name for f in files] == ["rank_0", "rank_0"]  # one writer, steps 3 and 5
+    # one writer (rank 0), one file that the saves at steps 3 and 5 replace, as MindFormers names it
+    assert [f.relative_to(files[0].parent.parent).as_posix() for f in files] == ["rank_0/p_rank_0-network.safetensors"]
     state = load_checkpoint(files[-1])
     assert state["model.layers.0.attention.wq.weight"].shape == (32, 32)
 
@@ -187,3 +188,26 @@ def test_sharded_training_from_a_full_checkpoint_matches_one_process(runs, name)
     assert sorted(int(k) for k in got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert abs(got[str(step)] - want[step]) < TOL, (name, step, got[str(step)], want[step])
+
+
+@pytest.mark.parametrize("name", ["tp2", "pp2"])
+def test_sliced_runs_write_their_strategy(runs, name):
+    """`strategy/ckpt_strategy_rank_<r>.json` says which block of each parameter every rank holds: the blocks
+    of the two ranks tile each tensor-parallel weight, and the pipeline stages own disjoint layers."""
+    _, _, root = runs
+    docs = [json.loads((root / name / "strategy" / f"ckpt_strategy_rank_{r}.json").read_text()) for r in (0, 1)]
+    assert [d["rank"] for d in docs] == [0, 1] and all(d["world_size"] == 2 for d in docs)
+    wq = "model.layers.0.attention.wq.weight"
+    if name == "tp2":
+        blocks = [d["parameters"][wq] for d in docs]
+        assert blocks[0]["placements"] == {"tp": "Shard(0)"}
+        rows = blocks[0]["shape"][0]
+        assert [b["offset"][0] for b in blocks] == [0, rows // 2]
+        assert sum(b["local_shape"][0] for b in blocks) == rows
+        norm = docs[0]["parameters"]["model.layers.0.attention_norm.weight"]
+        assert norm["placements"] == {} and norm["local_shape"] == norm["shape"]
+    else:
+        stages = [set(d["pipeline"]["layers"]) for d in docs]
+        assert [d["pipeline"]["stage"] for d in docs] == [0, 1] and not stages[0] & stages[1]
+        assert (wq in docs[0]["parameters"]) != (wq in docs[1]["parameters"])
+    assert not (root / "dp2" / "strategy").exists()  # data parallelism alone slices nothing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -153,3 +154,60 @@ def test_train_state_weights_leave_the_optimizer_out(tmp_path):
     assert load_train_state(path, nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), None)["step_num"] == 1
     with pytest.raises(CheckpointError, match="with a different shape"):
         load_train_state(path, nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2)), None)
+
+
+def test_resume_checkpoint_from_load_checkpoint_follows_mindformers_layout(tmp_path):
+    from torchformers.errors import ConfigError
+    from torchformers.trainer.checkpointing import resume_checkpoint_from
+
+    rank0 = tmp_path / "checkpoint" / "rank_0"
+    rank0.mkdir(parents=True)
+    older, newer = rank0 / "m_rank_0-1_2.ckpt", rank0 / "m_rank_0-1_4.ckpt"
+    older.write_bytes(b"x")
+    newer.write_bytes(b"x")
+    (rank0 / ".m_rank_0-1_6.tmp99.ckpt").write_bytes(b"x")  # an unfinished write is never picked
+    os.utime(older, (1, 1))
+    assert resume_checkpoint_from(tmp_path / "checkpoint", True) == newer  # no meta.json: the newest file
+    (rank0 / "meta.json").write_text('{"last_ckpt_file": "m_rank_0-1_2.ckpt"}')
+    assert resume_checkpoint_from(tmp_path / "checkpoint", True) == older  # meta.json names the last one
+    assert resume_checkpoint_from(rank0, True) == older  # the rank folder itself
+    assert resume_checkpoint_from(newer, True) == newer  # a file
+    assert resume_checkpoint_from(tmp_path / "checkpoint", "m_rank_0-1_4.ckpt") == newer  # a name
+    with pytest.raises(ConfigError, match="no such checkpoint file"):
+        resume_checkpoint_from(tmp_path / "checkpoint", "m_rank_0-9_9.ckpt")
+    with pytest.raises(ConfigError, match="no such file or folder"):
+        resume_checkpoint_from(tmp_path / "missing", True)
+    with pytest.raises(ConfigError, match=r"rank_1.*no \.ckpt|no \.ckpt.*rank_1"):
+        (tmp_path / "checkpoint" / "rank_1").mkdir()
+        resume_checkpoint_from(tmp_path / "checkpoint", True, rank=1)
+
+
+def test_loss_scale_resumes_from_mindspore_loss_scale_cell_scalars():
+    """fp16 runs: `loss_scale` and the DynamicLossScaleUpdateCell counters of a MindFormers file set the scaler
+    (scale, and the clean steps since the last overflow, after which the scale grows)."""
+    from types import SimpleNamespace
+
+    from torchformers.trainer.train_loop import TrainLoop
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=65536.0, growth_interval=1000)
+    info = {"loss_scale": 1024.0, "current_iterator_step": 11, "last_overflow_iterator_step": 7}
+    TrainLoop._restore_loss_scale(SimpleNamespace(step_fn=SimpleNamespace(scaler=scaler)), info)
+    assert scaler.get_scale() == 1024.0
+    assert scaler.state_dict()["_growth_tracker"] == 3  # steps 8, 9 and 10 were clean
+
+
+def test_resume_position_follows_step_num_as_mindformers():
+    """`step_num` counts steps since the start; scaled by old / new global batch size when that changed."""
+    from types import SimpleNamespace
+
+    from torchformers.trainer.train_loop import TrainLoop
+
+    def position(info, global_batch_size=4, steps_per_epoch=4):
+        ctx = SimpleNamespace(steps_per_epoch=steps_per_epoch)
+        loop = SimpleNamespace(global_batch_size=global_batch_size, ctx=ctx)
+        return TrainLoop._resume_position(loop, info)
+
+    assert position({"step_num": 3, "epoch_num": 1}) == (0, 3)
+    assert position({"step_num": 4, "epoch_num": 1}) == (1, 0)  # the end of epoch 1: epoch 2 from its start
+    assert position({"step_num": 6, "epoch_num": 2}) == (1, 2)
+    assert position({"step_num": 6, "epoch_num": 2, "global_batch_size": 4}, global_batch_size=8) == (0, 3)

@@ -159,3 +159,36 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(tmp_path,
     from torchformers.trainer.checkpointing import read_weights
 
     assert all(torch.isfinite(t).all() for t in read_weights(good).values())
+
+
+def test_own_checkpoint_resumes_from_the_tensors_file_alone(tmp_path, wiki_parquet):
+    """The loop scalars are inside the file (MindFormers' names and dtypes): with the `.json` beside it
+    removed, `--resume_training True --load_checkpoint <folder>` still continues with the same losses."""
+    from torchformers.checkpoint.loader import read_weights
+
+    common = {"callbacks": [], "train_dataset.data_loader.shuffle": False}
+    full = tmp_path / "full"
+    run(tiny_config(full, wiki_parquet, **{"runner_config.stop_step": N + 2, **common}))
+    part = tmp_path / "part"
+    ckpt = {"callbacks": [{"type": "CheckpointMonitor", "prefix": "t", "save_checkpoint_steps": N,
+                           "checkpoint_format": "ckpt"}]}  # fmt: skip
+    run(tiny_config(part, wiki_parquet, **{**common, **ckpt, "runner_config.stop_step": N}))
+    folder = part / "checkpoint"
+    (path,) = (folder / "rank_0").glob("*.ckpt")
+    tensors = read_weights(path)
+    assert {k: (v.dtype, tuple(v.shape), v.reshape(-1)[0].item()) for k, v in tensors.items() if v.dim() <= 1 and
+            k in ("epoch_num", "step_num", "global_step", "global_batch_size")} == {
+        "epoch_num": (torch.int64, (), 1),
+        "step_num": (torch.int64, (), N),
+        "global_step": (torch.int32, (1,), N),
+        "global_batch_size": (torch.int64, (), 4),
+    }  # fmt: skip
+    assert f"adam_m.{next(k for k in tensors if k.startswith('model.layers.0.attention.wq'))}" in tensors
+    for sidecar in folder.rglob("*.json"):
+        sidecar.unlink()  # meta.json too: the newest file is found without it
+    resumed = tmp_path / "resumed"
+    run(tiny_config(resumed, wiki_parquet, **{**common, "runner_config.stop_step": N + 2, "resume_training": True,
+                                              "load_checkpoint": str(folder)}))  # fmt: skip
+    a, b = losses(full), losses(resumed)
+    assert sorted(b) == [N + 1, N + 2]
+    assert [b[s] for s in b] == [a[s] for s in b]

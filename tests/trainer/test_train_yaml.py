@@ -35,7 +35,12 @@ def test_pretrain_from_yaml_lowers_loss_and_writes_outputs(tmp_path, wiki_parque
         "llama_tiny_rank_0-1_30.safetensors",
         "llama_tiny_rank_0-1_40.safetensors",
     ]
-    assert (out / "checkpoint_network" / "rank_0" / "llama_tiny_rank_0-1_40.safetensors").is_file()
+    # MindFormers' names: one weights file, replaced by every save; error.log beside info.log
+    assert [p.name for p in (out / "checkpoint_network" / "rank_0").iterdir()] == [
+        "llama_tiny_rank_0-network.safetensors"
+    ]
+    assert not (out / "checkpoint_trainable").exists()  # save_trainable_params is off
+    assert {p.name for p in (out / "log" / "rank_0").iterdir()} == {"info.log", "error.log"}
     assert (out / "loss_curve.png").stat().st_size > 1000
     # lr follows warmup then cosine decay to lr_end over the epoch (total_steps -1)
     lrs = [r["lr"] for r in records]
@@ -58,3 +63,17 @@ def test_evaluate_reports_token_weighted_loss_and_perplexity(tmp_path, wiki_parq
             total, count = total + float(per_token.sum()), count + float(mask.sum())
     assert math.isclose(metrics["loss"], total / count, rel_tol=1e-5)
     assert math.isclose(metrics["perplexity"], math.exp(metrics["loss"]), rel_tol=1e-9)
+
+
+def test_save_trainable_params_writes_mindformers_trainable_file(tmp_path, wiki_parquet):
+    from tests.trainer.test_resume import run
+    from torchformers.checkpoint.loader import read_weights
+
+    out = tmp_path / "out"
+    monitor = {"type": "CheckpointMonitor", "prefix": "tp", "save_checkpoint_steps": 2, "checkpoint_format": "ckpt",
+               "save_network_params": False, "save_trainable_params": True}  # fmt: skip
+    run(tiny_config(out, wiki_parquet, **{"runner_config.stop_step": 2, "callbacks": [monitor]}))
+    assert not (out / "checkpoint_network").exists()
+    (path,) = (out / "checkpoint_trainable" / "rank_0").iterdir()
+    assert path.name == "tp_rank_0-trainable_params.ckpt"
+    assert "model.norm_out.weight" in read_weights(path)

@@ -2,8 +2,9 @@
 
 Line format follows MindFormers' `mindformers/tools/logger.py`:
 `2024-05-01 10:00:00,123 - torchformers[run_mindformer.py:42] - INFO - message`.
-Every rank logs to its own file `output_dir/log/rank_<r>/info.log` once `set_log_dir` is called;
-only rank 0 prints to the console unless `TORCHFORMERS_LOG_ALL_RANKS=1`.
+Every rank logs to its own files once `set_log_dir` is called, as MindFormers lays them out:
+`output_dir/log/rank_<r>/info.log` (every record) and, beside it, `error.log` (ERROR and CRITICAL
+records only). Only rank 0 prints to the console unless `TORCHFORMERS_LOG_ALL_RANKS=1`.
 """
 
 from __future__ import annotations
@@ -38,17 +39,22 @@ logger = _build()
 
 
 def set_log_dir(output_dir: str | Path) -> Path:
-    """Also write this rank's log lines to `output_dir/log/rank_<r>/info.log`; returns that path."""
+    """Also write this rank's log lines to `output_dir/log/rank_<r>/info.log`, and its ERROR and CRITICAL
+    lines to `error.log` beside it; returns the `info.log` path."""
     folder = Path(output_dir) / "log" / f"rank_{get_rank()}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "info.log"
+    wanted = {path.resolve(): logging.NOTSET, (folder / "error.log").resolve(): logging.ERROR}
     for handler in list(logger.handlers):
         if isinstance(handler, logging.FileHandler):
-            if Path(handler.baseFilename) == path.resolve():
-                return path
+            if Path(handler.baseFilename) in wanted:
+                wanted.pop(Path(handler.baseFilename))
+                continue
             logger.removeHandler(handler)
             handler.close()
-    file_handler = logging.FileHandler(path, encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter(_FORMAT))
-    logger.addHandler(file_handler)
+    for file, level in wanted.items():
+        file_handler = logging.FileHandler(file, encoding="utf-8")
+        file_handler.setLevel(level)
+        file_handler.setFormatter(logging.Formatter(_FORMAT))
+        logger.addHandler(file_handler)
     return path

@@ -7,7 +7,7 @@ The scaling is `lora_alpha / lora_rank`, taken from `--config` (its `model.model
 given as `--lora_scaling`. An adapter-only file can be merged into a base checkpoint with `--base`.
 
     python -m torchformers.tools.transform_ckpt_lora \
-        --src_ckpt_path_or_dir output/checkpoint_network/rank_0/x.safetensors \
+        --src_ckpt_path_or_dir output/checkpoint_network/rank_0/x_rank_0-network.safetensors \
         --dst_ckpt_dir output/merged --config configs/smollm2/finetune_smollm2_135m_lora.yaml
 """
 

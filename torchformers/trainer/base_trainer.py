@@ -35,6 +35,7 @@ from torchformers.generation import prepare_for_cpu_inference
 from torchformers.parallel import parallel_dims_from_config, parallelize_model
 from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
 from torchformers.parallel.parallelize import ParallelPlan, build_parallel_model
+from torchformers.parallel.strategy import write_strategy
 from torchformers.pet import get_pet_model, is_lora_config, save_adapters
 from torchformers.pet.lora import LORA_A
 from torchformers.pipeline import pipeline
@@ -55,6 +56,7 @@ from torchformers.trainer.checkpointing import (
     find_resume_checkpoint,
     is_train_state_file,
     read_weights,
+    resume_checkpoint_from,
     weights_of_train_state,
 )
 from torchformers.trainer.optimizer import get_optimizer_grouped_parameters
@@ -327,6 +329,9 @@ class BaseTrainer:
             network, plan = self._training_network(config, dims, device, resume_path, recompute)
         network.to(device)
         train_model, plan, world = self._parallelise(network, plan, dims, device, recompute)
+        if plan is not None and (dims.tp > 1 or dims.pp > 1):  # a sliced layout: say how, as MindFormers does
+            path = write_strategy(network, plan, output_dir, rank, torch.distributed.get_world_size())
+            logger.info("parallel strategy of this rank written to %s", path)
         optimizer, lr_schedule = self._optimizer_and_schedule(config, network, optimizer)
         step_fn = self._train_step(config, network, train_model, optimizer, device, plan)
         cbs = self._training_callbacks(config, callbacks, network, eval_dataset, device, step_fn)
@@ -356,16 +361,25 @@ class BaseTrainer:
     # -- the steps of training_process -------------------------------------------------------------
     @staticmethod
     def _resume_point(config, output_dir: str, rank: int) -> Path | None:
-        """The train state to resume from: `resume_training` (True: the last one under `output_dir`, a
-        name: that file), or `load_checkpoint` when it names a train state and none was found."""
+        """The train state to resume from with `resume_training`: as MindFormers, from `load_checkpoint` (a
+        file, or a folder of `rank_N/` folders: this rank's last checkpoint, or the file `resume_training`
+        names); without `load_checkpoint`, the last one under `output_dir` (True) or the file named."""
         resume = config.get("resume_training")
         if not resume:
             return None
-        resume_path = find_resume_checkpoint(output_dir, resume, rank)
         load = config.get("load_checkpoint")
-        if resume_path is None and isinstance(load, str) and is_train_state_file(load):
-            resume_path = Path(load)
-        return resume_path
+        if isinstance(load, str) and load:
+            candidate = resume_checkpoint_from(load, resume, rank)
+            if is_train_state_file(candidate):
+                return candidate
+            found = find_resume_checkpoint(output_dir, True, rank) if resume is True else None
+            if found is None:
+                logger.warning(
+                    "resume_training: load_checkpoint %s holds no training state (epoch_num, step_num, global_step):"
+                    " training starts at step 0 from its weights", candidate,
+                )  # fmt: skip
+            return found
+        return find_resume_checkpoint(output_dir, resume, rank)
 
     def _training_network(
         self, config, dims, device: torch.device, resume_path: Path | None, recompute: bool

@@ -6,7 +6,11 @@ with a `RunContext` (the loop's state: epoch, step, loss, lr, grad norm, tokens,
 * `MFLossMonitor`: one log line per `per_print_times` steps in MindFormers' shape plus tokens/s
   and an MFU estimate, and a progress bar with ETA when stdout is a terminal.
 * `CheckpointMonitor`: saves the training state every `save_checkpoint_steps` steps and at the end,
-  keeps `keep_checkpoint_max` of them (`checkpointing.py` has the layout and the atomic writes).
+  keeps `keep_checkpoint_max` of them (`checkpointing.py` has the layout and the atomic writes), and
+  with each save the weights alone, as MindFormers 1.3.2 names them:
+  `checkpoint_network/rank_<r>/<prefix>_rank_<r>-network.<ext>` (`save_network_params`) and
+  `checkpoint_trainable/rank_<r>/<prefix>_rank_<r>-trainable_params.<ext>` (`save_trainable_params`,
+  and always for LoRA), one file each that every save replaces.
 * `EvalCallBack`: runs an evaluation function every `step_interval` steps / `epoch_interval` epochs.
 * `ObsMonitor`: ModelArts/OBS upload in MindFormers; in MindFormers' default callback list, so
   accepted and does nothing here.
@@ -169,7 +173,8 @@ def _hms(seconds: float) -> str:
 
 @MindFormerRegister.register(MindFormerModuleType.CALLBACK)
 class CheckpointMonitor(Callback):
-    """Saves `<output_dir>/checkpoint/rank_<r>/<prefix>_rank_<r>-<epoch>_<step>.<ext>` with resume state."""
+    """Saves `<output_dir>/checkpoint/rank_<r>/<prefix>_rank_<r>-<epoch>_<step>.<ext>` with resume state, and
+    the weights alone to `checkpoint_network/` / `checkpoint_trainable/`."""
 
     FORMATS = {"safetensors": ".safetensors", "ckpt": ".ckpt"}
 
@@ -223,6 +228,10 @@ class CheckpointMonitor(Callback):
     def file_name(self, ctx: RunContext) -> str:
         return f"{self.prefix}_rank_{ctx.rank}-{ctx.epoch + 1}_{ctx.step_in_epoch}{self.suffix}"
 
+    def weights_file_name(self, ctx: RunContext, kind: str) -> str:
+        """`<prefix>_rank_<r>-network.<ext>` or `<prefix>_rank_<r>-trainable_params.<ext>` (MindFormers' names)."""
+        return f"{self.prefix}_rank_{ctx.rank}-{kind}{self.suffix}"
+
     def on_train_step_end(self, ctx: RunContext) -> None:
         due = ctx.global_step % self.save_checkpoint_steps == 0
         if self.save_checkpoint_seconds and time.time() - self._last_time >= self.save_checkpoint_seconds:
@@ -250,16 +259,11 @@ class CheckpointMonitor(Callback):
     def _rotate(self, folder: Path) -> None:
         if self.keep_checkpoint_max <= 0:
             return
-        for kind in ("checkpoint", "checkpoint_network", "checkpoint_trainable"):
-            sub = folder.parent.parent / kind / folder.name
-            files = sorted(
-                (p for p in sub.glob(f"{self.prefix}_rank_*{self.suffix}")),
-                key=lambda p: p.stat().st_mtime,
-            )
-            for old in files[: max(0, len(files) - self.keep_checkpoint_max)]:
-                for extra in (old, Path(f"{old}.json")):
-                    if extra.exists():
-                        extra.unlink()
+        files = sorted(folder.glob(f"{self.prefix}_rank_*{self.suffix}"), key=lambda p: p.stat().st_mtime)
+        for old in files[: max(0, len(files) - self.keep_checkpoint_max)]:
+            for extra in (old, Path(f"{old}.json")):
+                if extra.exists():
+                    extra.unlink()
 
 
 @MindFormerRegister.register(MindFormerModuleType.CALLBACK)

@@ -8,8 +8,9 @@ checkpoint and exit with status 128 + signal. A NaN/Inf loss stops the run befor
 applies it, naming the last good checkpoint.
 
 Resume restores weights, optimizer moments, the step and epoch, the loss scale, every RNG and the
-data position (the data set's own `state_dict()` when it has one, otherwise by skipping the
-micro-batches already consumed in the epoch), so a resumed run continues bit for bit on CPU.
+data position (the data set's own `state_dict()` when it has one, otherwise, as MindFormers does, by
+skipping the batches of the steps already done in the epoch, from the checkpoint's `step_num`), so a
+resumed run continues bit for bit on CPU. A MindFormers training checkpoint resumes the same way.
 """
 
 from __future__ import annotations
@@ -97,7 +98,6 @@ class TrainLoop:
         self.extra_info = extra_info or {}
         self.ctx = RunContext(loop=self, epochs=self.epochs, rank=rank, output_dir=self.output_dir)
         self._signal: int | None = None
-        self._consumed = 0  # micro-batches consumed in the current epoch
 
     # ------------------------------------------------------------------ state
     def _monitor(self) -> CheckpointMonitor:
@@ -112,12 +112,10 @@ class TrainLoop:
         scaler = getattr(self.step_fn, "scaler", None)
         info = {
             "epoch_num": ctx.epoch + 1,
-            "step_num": ctx.step_in_epoch,
+            "step_num": ctx.global_step,  # steps since the start of training, as MindFormers counts them
             "global_step": ctx.global_step,
             "loss_scale": ctx.loss_scale,
             "global_batch_size": self.global_batch_size,
-            "consumed_micro_batches": self._consumed,
-            "epoch_done": ctx.steps_per_epoch is not None and ctx.step_in_epoch >= ctx.steps_per_epoch,
             "data_state": data_state,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "lr_schedule": self.lr_schedule.describe() if hasattr(self.lr_schedule, "describe") else None,
@@ -132,20 +130,20 @@ class TrainLoop:
             save_train_state(path, self.model, self.optimizer, info)
 
     def save_weights(self, monitor: CheckpointMonitor, ctx: RunContext) -> None:
-        """Weights only (`checkpoint_network/`) and, for LoRA or save_trainable_params, the trainable ones."""
+        """Weights only (`checkpoint_network/`) and, for LoRA or save_trainable_params, the trainable ones
+        (`checkpoint_trainable/`), each one file that every save replaces, named as MindFormers names them."""
 
         lora = getattr(self.model, "pet_config", None) is not None
-        name = monitor.file_name(ctx)
+        network = monitor.folder(ctx, "checkpoint_network") / monitor.weights_file_name(ctx, "network")
         if is_distributed_model(self.model):  # whole tensors, written once per pipeline stage
             state = full_model_state(self.model) if monitor.save_network_params else None
             if state is not None and getattr(self.step_fn, "writes_weights", True):
-                atomic_save_tensors(state, monitor.folder(ctx, "checkpoint_network") / name)
+                atomic_save_tensors(state, network)
             return
         if monitor.save_network_params:
-            atomic_save_tensors(model_state_to_save(self.model), monitor.folder(ctx, "checkpoint_network") / name)
+            atomic_save_tensors(model_state_to_save(self.model), network)
         if monitor.save_trainable_params or lora:
-            stem = name[: -len(monitor.suffix)].replace(f"_rank_{ctx.rank}-", f"_rank_{ctx.rank}-trainable_params-")
-            path = monitor.folder(ctx, "checkpoint_trainable") / (stem + monitor.suffix)
+            path = monitor.folder(ctx, "checkpoint_trainable") / monitor.weights_file_name(ctx, "trainable_params")
             atomic_save_tensors(model_state_to_save(self.model, trainable_only=True), path)
 
     # ------------------------------------------------------------------ run
@@ -187,19 +185,16 @@ class TrainLoop:
 
         start_epoch, skip, info = 0, 0, None
         if resume_from is not None:
-
             load = load_sharded_train_state if is_sharded_train_state(resume_from) else load_train_state
             info = load(resume_from, self.model, self.optimizer)
             ctx.global_step = int(info["global_step"])
-            start_epoch = int(info["epoch_num"]) - 1
-            ctx.step_in_epoch = int(info["step_num"])
-            skip = int(info.get("consumed_micro_batches", ctx.step_in_epoch * self.gas))
-            if info.get("epoch_done"):
-                start_epoch, ctx.step_in_epoch, skip = start_epoch + 1, 0, 0
-            scaler = getattr(self.step_fn, "scaler", None)
-            if scaler is not None and info.get("scaler"):
-                scaler.load_state_dict(info["scaler"])
-            logger.info("resumed from %s at epoch %d, global step %d", resume_from, start_epoch + 1, ctx.global_step)
+            start_epoch, ctx.step_in_epoch = self._resume_position(info)
+            skip = ctx.step_in_epoch * self.gas
+            self._restore_loss_scale(info)
+            logger.info(
+                "resumed from %s at epoch %d, step %d of the epoch (global step %d): %d batches skipped",
+                resume_from, start_epoch + 1, ctx.step_in_epoch, ctx.global_step, skip,
+            )  # fmt: skip
         ctx.start_step = ctx.global_step
         ctx.start_time = time.perf_counter()
 
@@ -207,7 +202,7 @@ class TrainLoop:
         try:
             for cb in self.callbacks:
                 cb.on_train_begin(ctx)
-            if info is not None:
+            if info is not None and info.get("rng"):
                 set_rng_state(info["rng"])  # last, so nothing between here and the first step draws numbers
             self._train(start_epoch, skip, info)
             for cb in self.callbacks:
@@ -216,6 +211,47 @@ class TrainLoop:
             for s, h in previous.items():
                 signal.signal(s, h)
         return ctx
+
+    def _resume_position(self, info: dict) -> tuple[int, int]:
+        """`(epoch, steps done in it)` from the checkpoint's `step_num`, as MindFormers resumes: the steps since
+        the start, scaled by the old over the new global batch size when it changed, over the steps per epoch."""
+        steps = int(info["step_num"])
+        saved_batch = int(info.get("global_batch_size") or 0)
+        if saved_batch and self.global_batch_size and saved_batch != self.global_batch_size:
+            scaled = int(steps * saved_batch / self.global_batch_size)
+            logger.info(
+                "resume: the global batch size changed from %d to %d: %d steps done count as %d",
+                saved_batch, self.global_batch_size, steps, scaled,
+            )  # fmt: skip
+            steps = scaled
+        per_epoch = self.ctx.steps_per_epoch
+        if per_epoch:
+            return steps // per_epoch, steps % per_epoch
+        # a data set without a length: the epoch from the file, and its steps from the data set's own state
+        epoch = int(info.get("epoch_num") or 1) - 1
+        if epoch == 0:
+            return 0, steps
+        if info.get("data_state") is None:
+            logger.warning(
+                "resume: the data set has no length and the checkpoint no data position: epoch %d restarts from "
+                "its first batch", epoch + 1,
+            )  # fmt: skip
+        return epoch, 0
+
+    def _restore_loss_scale(self, info: dict) -> None:
+        scaler = getattr(self.step_fn, "scaler", None)
+        if scaler is None:
+            return
+        if info.get("scaler"):
+            scaler.load_state_dict(info["scaler"])
+        elif info.get("loss_scale") is not None and scaler.is_enabled():
+            state = scaler.state_dict()
+            state["scale"] = float(info["loss_scale"])
+            if "current_iterator_step" in info and "last_overflow_iterator_step" in info:
+                # MindSpore's DynamicLossScaleUpdateCell: clean steps since the last overflow or growth
+                clean = int(info["current_iterator_step"]) - 1 - int(info["last_overflow_iterator_step"])
+                state["_growth_tracker"] = max(0, clean)
+            scaler.load_state_dict(state)
 
     def _stop_due(self) -> bool:
         return bool(self.stop_step) and self.ctx.global_step >= self.stop_step
@@ -233,14 +269,13 @@ class TrainLoop:
                 self.dataset.set_epoch(epoch)
             data_state = info.get("data_state") if info is not None and epoch == start_epoch else None
             if data_state is not None and hasattr(self.dataset, "load_state_dict"):
-                self.dataset.load_state_dict(data_state)
+                self.dataset.load_state_dict(data_state)  # exact, shuffled order included
                 skip_now = 0
             else:
                 skip_now = skip
             iterator = iter(self.dataset)
             for _ in range(skip_now):
                 next(iterator, None)
-            self._consumed = skip
             while not self._stop_due():
                 micro = []
                 for batch in iterator:
@@ -273,7 +308,6 @@ class TrainLoop:
             )
             logger.error(message)
             raise NonFiniteLossError(message) from None
-        self._consumed += len(micro)
         ctx.global_step += 1
         ctx.step_in_epoch += 1
         ctx.loss, ctx.lr, ctx.grad_norm = out.loss, lr, out.grad_norm
