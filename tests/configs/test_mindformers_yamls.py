@@ -37,11 +37,6 @@ OUT_OF_SCOPE = {
     "predict_llama2_7b_prefixtuning.yaml": "prefix tuning (pet_config.pet_type prefixtuning) is not implemented",
     "finetune_llama2_7b_ptuning2.yaml": "P-Tuning v2 (pet_config.pet_type ptuning2) is not implemented",
     "predict_llama2_7b_ptuning2.yaml": "P-Tuning v2 (pet_config.pet_type ptuning2) is not implemented",
-    "predict_llama2_13b_ptq.yaml": "post-training quantization (ParallelLlamaForCausalLM) is not implemented",
-    "predict_llama2_13b_rtn.yaml": "RTN weight quantization (quantization_config) is not implemented",
-    "predict_llama2_13b_smooth_quant.yaml": "SmoothQuant (quantization_config) is not implemented",
-    "predict_llama2_70b_rtn.yaml": "RTN weight quantization (quantization_config) is not implemented",
-    "predict_llama2_70b_smooth_quant.yaml": "SmoothQuant (quantization_config) is not implemented",
     "predict_llama2_7b_slora.yaml": "S-LoRA multi-adapter serving (pet_config.pet_type slora) is not implemented",
 }
 SHRINK = {

@@ -32,6 +32,7 @@ from torchformers.assets import cache_dir
 from torchformers.checkpoint.loader import load_state_into, load_weights, resolve_weights_path
 from torchformers.errors import ConfigError
 from torchformers.generation import prepare_for_cpu_inference
+from torchformers.generation.quantization import quantization_of_file, quantization_settings, quantize_model
 from torchformers.parallel import parallel_dims_from_config, parallelize_model
 from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
 from torchformers.parallel.parallelize import ParallelPlan, build_parallel_model
@@ -236,18 +237,27 @@ class BaseTrainer:
                 f"{config.source_file}: model.model_config.pet_config.pet_type is {pet_type!r}; "
                 "only 'lora' is supported (remove pet_config to run the base model)"
             )
-        quantization = config.get_value("model.model_config.quantization_config")
-        if quantization:
-            method = quantization.get("quant_method") if isinstance(quantization, Mapping) else quantization
+        quantization = quantization_settings(
+            config.get_value("model.model_config.quantization_config"), f"{config.source_file}: model.model_config"
+        )
+        if quantization is not None and config.run_mode in ("train", "finetune"):
             raise ConfigError(
-                f"{config.source_file}: model.model_config.quantization_config (quant_method {method!r}) is not "
-                "supported: the model would run unquantized; remove quantization_config to run it so"
+                f"{config.source_file}: model.model_config.quantization_config (quant_method "
+                f"{quantization.quant_method}) quantizes for inference; run_mode {config.run_mode} trains float "
+                "weights: remove quantization_config (or --quantization) to train"
             )
         model = build_model(config.model)
         checkpoint = checkpoint or config.get("load_checkpoint") or _named_checkpoint(config)
         if checkpoint:
             strategy = _source_strategy(config)
             weights_file = resolve_weights_path(checkpoint)  # MindFormers' layouts: rank_N/, a bare name, ...
+            stored = quantization_of_file(weights_file)
+            if stored is not None:  # a quantized checkpoint: quantize the layers first, then load its integers
+                if quantization is not None and quantization != stored:
+                    logger.warning("%s is quantized as %s; quantization_config is ignored", checkpoint,
+                                   stored.describe())  # fmt: skip
+                quantization = None
+                quantize_model(model, stored)
             if strategy or is_train_state_file(checkpoint) or weights_file.suffix in (".safetensors", ".ckpt"):
                 state = weights_of_train_state(read_weights(checkpoint, src_strategy=strategy))
                 if lora and any(k.endswith(LORA_A) for k in state):
@@ -261,6 +271,8 @@ class BaseTrainer:
             logger.warning("no checkpoint given (load_checkpoint): the model has random weights")
         if lora:
             get_pet_model(model, pet_config)
+        if quantization is not None:
+            quantize_model(model, quantization)
         device = getattr(config, "device", None)
         if device is not None:
             model.to(device)
