@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from torchformers.checkpoint.formats import save_checkpoint
 from torchformers.errors import ConfigError
 
 __all__ = [
@@ -50,6 +52,8 @@ __all__ = [
     "quantization_of_file",
     "quantization_settings",
     "quantize_model",
+    "quantize_state_dict",
+    "save_quantized",
 ]
 
 logger = logging.getLogger(__name__)
@@ -355,12 +359,16 @@ class Int4WeightOnlyLinear(_QuantLinear):
 
 
 # ------------------------------------------------------------------------------------------ the swap
-def _quantized(linear: nn.Linear, settings: QuantizationSettings) -> nn.Module:
+def _quantized(weight: torch.Tensor, bias: torch.Tensor | None, settings: QuantizationSettings) -> nn.Module:
     if settings.weight == "int4":
-        return Int4WeightOnlyLinear(linear.weight, linear.bias, settings.group_size)
+        return Int4WeightOnlyLinear(weight, bias, settings.group_size)
     if settings.activation == "int8":
-        return Int8DynamicLinear(linear.weight, linear.bias)
-    return Int8WeightOnlyLinear(linear.weight, linear.bias)
+        return Int8DynamicLinear(weight, bias)
+    return Int8WeightOnlyLinear(weight, bias)
+
+
+def _converted(name: str, module: nn.Module, settings: QuantizationSettings) -> bool:
+    return type(module) is nn.Linear and not any(s in name for s in settings.modules_to_not_convert)
 
 
 @torch.no_grad()
@@ -375,9 +383,42 @@ def quantize_model(model: nn.Module, settings: QuantizationSettings) -> nn.Modul
         for name, module in list(model.named_modules()):
             for child_name, child in list(module.named_children()):
                 full = f"{name}.{child_name}" if name else child_name
-                if type(child) is nn.Linear and not any(s in full for s in settings.modules_to_not_convert):
-                    setattr(module, child_name, _quantized(child, settings))
+                if _converted(full, child, settings):
+                    setattr(module, child_name, _quantized(child.weight, child.bias, settings))
                     count += 1
     model.quantization = settings
     logger.info("quantized %d linear layers: %s (quant_method %s)", count, settings.describe(), settings.quant_method)
     return model
+
+
+@torch.no_grad()
+def quantize_state_dict(
+    state: Mapping[str, torch.Tensor], model: nn.Module, settings: QuantizationSettings
+) -> dict[str, torch.Tensor]:
+    """The state dict `quantize_model` would give `model` loaded with `state`, computed from the tensors
+    alone (`model` only names the linear layers, so it may live on the meta device)."""
+    out = dict(state)
+    if settings.weight is None:
+        return out
+    for name, module in model.named_modules():
+        if _converted(name, module, settings) and f"{name}.weight" in state:
+            bias = out.pop(f"{name}.bias", None)
+            layer = _quantized(out.pop(f"{name}.weight"), bias, settings)
+            out.update({f"{name}.{k}": v for k, v in layer.state_dict().items()})
+    return out
+
+
+def save_quantized(state: Mapping[str, torch.Tensor], path, settings: QuantizationSettings) -> None:
+    """Write a quantized state dict to a `.safetensors` file (atomically), the settings in its metadata,
+    so that `quantization_of_file` and the trainer's loader rebuild the same layers."""
+    if Path(path).suffix != ".safetensors":
+        raise ConfigError(f"{path}: quantized checkpoints are written as .safetensors (the settings go in its header)")
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial.safetensors")  # renamed over `path` only once complete
+    try:
+        save_checkpoint(
+            {k: v.contiguous() for k, v in state.items()}, tmp, metadata={"format": "pt", **settings.to_metadata()}
+        )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

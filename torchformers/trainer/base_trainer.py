@@ -154,6 +154,20 @@ def _compute_dtype(network: nn.Module) -> torch.dtype | None:
     return to_dtype(getattr(getattr(network, "config", None), "compute_dtype", None), "model_config.compute_dtype")
 
 
+def _quantization(config, training: bool):
+    """The `model.model_config.quantization_config` settings (None without one); refused for training."""
+    settings = quantization_settings(
+        config.get_value("model.model_config.quantization_config"), f"{config.source_file}: model.model_config"
+    )
+    if settings is not None and training:
+        raise ConfigError(
+            f"{config.source_file}: model.model_config.quantization_config (quant_method {settings.quant_method}) "
+            f"quantizes for inference; run_mode {config.run_mode} trains float weights: remove quantization_config "
+            "(or --quantization) to train"
+        )
+    return settings
+
+
 def _named_checkpoint(config) -> str | None:
     """`model.model_config.checkpoint_name_or_path`: a path, or a model name (MindFormers downloads those, e.g.
     'llama2_7b') that resolves to the folder `$TORCHFORMERS_HOME/<name>` when there is one."""
@@ -237,15 +251,7 @@ class BaseTrainer:
                 f"{config.source_file}: model.model_config.pet_config.pet_type is {pet_type!r}; "
                 "only 'lora' is supported (remove pet_config to run the base model)"
             )
-        quantization = quantization_settings(
-            config.get_value("model.model_config.quantization_config"), f"{config.source_file}: model.model_config"
-        )
-        if quantization is not None and config.run_mode in ("train", "finetune"):
-            raise ConfigError(
-                f"{config.source_file}: model.model_config.quantization_config (quant_method "
-                f"{quantization.quant_method}) quantizes for inference; run_mode {config.run_mode} trains float "
-                "weights: remove quantization_config (or --quantization) to train"
-            )
+        quantization = _quantization(config, training=config.run_mode in ("train", "finetune"))
         model = build_model(config.model)
         checkpoint = checkpoint or config.get("load_checkpoint") or _named_checkpoint(config)
         if checkpoint:
@@ -326,6 +332,7 @@ class BaseTrainer:
         The steps, in MindFormers' order: resume point, data, network, parallelism, optimizer and LR
         schedule, train-step wrapper, callbacks, the loop, then the LoRA adapters.
         """
+        _quantization(config, training=True)  # refused before any data is read
         device = getattr(config, "device", None) or torch.device("cpu")
         output_dir = config.get("output_dir") or "./output"
         rank = get_rank()
