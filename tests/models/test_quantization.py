@@ -19,6 +19,8 @@ from torch import nn
 
 from torchformers.checkpoint.loader import load_state_into, read_weights
 from torchformers.errors import ConfigError
+from torchformers.generation import generation_state, quantization
+from torchformers.generation.kv_cache import Int8KVCache
 from torchformers.generation.quantization import (
     Int4WeightOnlyLinear,
     Int8DynamicLinear,
@@ -43,8 +45,24 @@ def _linear(n: int, k: int, seed: int) -> nn.Linear:
     return lin
 
 
+@pytest.fixture(params=["float32", "bfloat16"])
+def kernel_dtype(request, monkeypatch):
+    """The activation dtype of the CPU int8/int4 kernels: bf16 by default (their fast path); fp32 gives
+    products exact to fp32 rounding, so the kernels' weight layout is checked tightly."""
+    dtype = getattr(torch, request.param)
+    monkeypatch.setattr(quantization, "_CPU_KERNEL_DTYPE", dtype)
+    return dtype
+
+
+def _check(got: torch.Tensor, ref: torch.Tensor, kernel_dtype: torch.dtype) -> None:
+    if kernel_dtype == torch.float32:
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4)
+    else:  # bf16 activations, scales and output: about 3 significant digits
+        assert (got.double() - ref).abs().max() <= 1.5e-2 * ref.abs().max(), (got.double() - ref).abs().max()
+
+
 @pytest.mark.parametrize("shape", SHAPES)
-def test_int8_weight_only_matches_dequantized_reference(shape):
+def test_int8_weight_only_matches_dequantized_reference(shape, kernel_dtype):
     n, k = shape
     lin = _linear(n, k, seed=n * k)
     layer = Int8WeightOnlyLinear(lin.weight, lin.bias)
@@ -53,16 +71,17 @@ def test_int8_weight_only_matches_dequantized_reference(shape):
     assert (w - lin.weight).abs().le(scale / 2 + 1e-6).all()  # round to nearest, per output channel
     x = torch.randn(2, 5, k)
     ref = F.linear(x.double(), w.double(), lin.bias.double())
-    torch.testing.assert_close(layer(x).double(), ref, rtol=1e-5, atol=1e-4)
-    # half precision: the kernel when the width allows it, else the dequantized path; bf16 rounding
-    got = layer(x.bfloat16())
+    got = layer(x)
+    assert got.dtype == torch.float32
+    _check(got, ref, kernel_dtype)
+    got = layer(x.bfloat16())  # a bf16 model
     assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.double(), ref, rtol=2e-2, atol=5e-2 * ref.abs().max().item() / 10)
+    _check(got, ref, torch.bfloat16)
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_int4_groups_match_dequantized_reference(shape, group_size):
+def test_int4_groups_match_dequantized_reference(shape, group_size, kernel_dtype):
     n, k = shape
     lin = _linear(n, k, seed=n + k + group_size)
     layer = Int4WeightOnlyLinear(lin.weight, lin.bias, group_size=group_size)
@@ -73,9 +92,8 @@ def test_int4_groups_match_dequantized_reference(shape, group_size):
     assert (w - lin.weight).abs().le(step / 2 + 1e-5).all()
     x = torch.randn(3, k)
     ref = F.linear(x.double(), w.double(), lin.bias.double())
-    torch.testing.assert_close(layer(x).double(), ref, rtol=1e-5, atol=1e-4)
-    got = layer(x.bfloat16()).double()
-    torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+    _check(layer(x), ref, kernel_dtype)
+    _check(layer(x.bfloat16()), ref, torch.bfloat16)
 
 
 def test_int4_unpacked_values_are_the_stored_nibbles():
@@ -125,7 +143,9 @@ def test_settings_ours_and_mindformers():
     sq["modules_to_not_convert"] = ["lm_head", "w2"]
     s = quantization_settings(sq)
     assert (s.weight, s.activation) == ("int8", "int8")
-    assert quantization_settings(dict(sq, quant_method="ptq", kvcache_dtype="int8")).activation == "int8"
+    s = quantization_settings(dict(sq, quant_method="ptq", kvcache_dtype="int8"))
+    assert (s.activation, s.kvcache) == ("int8", "int8") and s.kvcache is not None
+    assert quantization_settings(dict(rtn, weight_dtype="None", kvcache_dtype="int8")).weight is None  # C8 alone
 
 
 @pytest.mark.parametrize(
@@ -190,8 +210,10 @@ def test_quantized_llama_logits_close_to_float(settings, tolerance):
     "settings",
     [QuantizationSettings("int8"), QuantizationSettings("int4", group_size=32), QuantizationSettings("int4", 128)],
 )
-def test_weight_only_llama_equals_float_llama_with_dequantized_weights(settings):
-    """The quantized model computes exactly what the float model computes with the rounded weights."""
+def test_weight_only_llama_equals_float_llama_with_dequantized_weights(settings, monkeypatch):
+    """The quantized model computes what the float model computes with the rounded weights (CPU kernels
+    with fp32 activations, so the comparison is exact to fp32 rounding)."""
+    monkeypatch.setattr(quantization, "_CPU_KERNEL_DTYPE", torch.float32)
     model = _tiny_llama()
     quantize_model(model, settings)
     reference = _tiny_llama()
@@ -242,3 +264,40 @@ def test_save_quantized_refuses_other_formats(tmp_path):
     with pytest.raises(ConfigError, match=".safetensors"):
         save_quantized({}, tmp_path / "q.ckpt", QuantizationSettings())
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ int8 KV cache
+def test_int8_kv_cache_stores_per_token_int8_and_reorders_scales():
+    torch.manual_seed(0)
+    cache = Int8KVCache(3, 2, 8, 16, torch.float32)
+    key, value = torch.randn(3, 2, 5, 16) * 4, torch.randn(3, 2, 5, 16)
+    k, v = cache.update(torch.arange(5), key, value)
+    assert cache.key_cache.dtype == torch.int8 and k.dtype == torch.float32 and k.shape == (3, 2, 8, 16)
+    for got, x in ((k, key), (v, value)):
+        step = x.abs().amax(-1, keepdim=True) / 127  # one scale per token and head
+        assert (got[:, :, :5] - x).abs().le(step / 2 + 1e-6).all()
+        assert (got[:, :, :5] - x).abs().max() > 0 and got[:, :, 5:].abs().max() == 0
+    rows = torch.tensor([2, 2, 0])
+    cache.reorder(rows)
+    k2, v2 = cache.update(torch.tensor([5]), key[:, :, :1], value[:, :, :1])
+    torch.testing.assert_close(k2[:, :, :5], k[rows, :, :5])
+    torch.testing.assert_close(v2[:, :, :5], v[rows, :, :5])
+
+
+def test_int8_kv_cache_generation_close_to_float_cache():
+    model = _tiny_llama()
+    prompts = [[1, 5, 9, 33, 70], [1, 44, 3]]
+    with torch.no_grad():
+        options = {"max_new_tokens": 12, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
+        ref = model.generate(prompts, **options)
+        quantize_model(model, QuantizationSettings(None, kvcache="int8", quant_method="rtn"))
+        assert type(model).__name__ == "Int8CacheLlamaForCausalLM" and isinstance(model, LlamaForCausalLM)
+        model.setup_kv_cache(2, 16)
+        assert all(isinstance(c, Int8KVCache) for c in generation_state(model).kv_caches)
+        got = model.generate(prompts, **options)  # weights unchanged: any difference comes from the cache
+        beams = model.generate(prompts, max_new_tokens=6, num_beams=3, do_sample=False)  # reorders the caches
+    first_ref, first_got = torch.stack(ref.logits), torch.stack(got.logits)
+    # the first step reads the cache of the prompt; later steps may follow other tokens
+    err = (first_got[0] - first_ref[0]).abs().max() / first_ref[0].abs().max()
+    assert 0 < err < 0.02, err
+    assert len(beams) == 2

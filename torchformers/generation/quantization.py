@@ -4,8 +4,8 @@ Three layers replace `nn.Linear` (from outside the model, as `prepare_for_cpu_in
 
 - `Int8WeightOnlyLinear`: int8 weights, one symmetric scale per output channel (`w = q * s`); activations
   stay in the compute dtype (A16W8: MindFormers' `quant_method: rtn`, `weight_dtype: int8`). On CPU
-  it runs `torch.ops.aten._weight_int8pack_mm`; elsewhere `F.linear` on the int8 weights cast to the
-  input dtype, with the scales applied to the output channels.
+  it runs `torch.ops.aten._weight_int8pack_mm` (with bf16 activations, see `_CPU_KERNEL_DTYPE`);
+  elsewhere `F.linear` on the int8 weights cast to the input dtype, scales applied to the output.
 - `Int4WeightOnlyLinear`: 4-bit weights in groups of `group_size` (32, 64, 128 or 256) along the input
   dimension, each group with a scale and a zero point (`w = (q - 8) * s + z`, q in 0..15), the layout
   of PyTorch's int4 kernels (`_convert_weight_to_int4pack_for_cpu` + `_weight_int4pack_mm_for_cpu`,
@@ -15,7 +15,8 @@ Three layers replace `nn.Linear` (from outside the model, as `prepare_for_cpu_in
   the weights are dequantized per call (a reference path, not a fast one).
 - `Int8DynamicLinear`: W8A8 (MindFormers' `smooth_quant` and `ptq`): int8 weights per output channel
   as above, and activations quantized per token at run time (symmetric, `max|x| / 127`), multiplied in
-  int32 by `torch._int_mm` on CPU and rescaled.
+  int32 by `torch._int_mm` on CPU and rescaled (exact, not fast: PyTorch's CPU `_int_mm` is slower
+  than an fp32 matmul).
 
 Rounding is round-to-nearest from the float weights (golden-stick's `RoundToNearest`). Every layer
 keeps its integer tensors, scales and zero points as buffers, so `state_dict()` holds the quantized
@@ -42,6 +43,8 @@ from torch import nn
 
 from torchformers.checkpoint.formats import save_checkpoint
 from torchformers.errors import ConfigError
+from torchformers.generation.kv_cache import Int8KVCache, StaticKVCache
+from torchformers.generation.text_generator import generation_state
 
 __all__ = [
     "GROUP_SIZES",
@@ -83,6 +86,7 @@ class QuantizationSettings:
         modules_to_not_convert: a linear layer whose full name contains one of these stays float
             (MindFormers' `opname_blacklist` match).
         quant_method: the method as written in the config, for messages and the file metadata.
+        kvcache: "int8" for a KV cache stored as int8 with per-token scales (`Int8KVCache`), or None.
     """
 
     weight: str | None = "int8"
@@ -90,6 +94,7 @@ class QuantizationSettings:
     activation: str | None = None
     modules_to_not_convert: tuple[str, ...] = field(default_factory=tuple)
     quant_method: str = "int8"
+    kvcache: str | None = None
 
     def to_metadata(self) -> dict[str, str]:
         """String key/values for a safetensors header."""
@@ -105,10 +110,12 @@ class QuantizationSettings:
 
     def describe(self) -> str:
         if self.weight == "int4":
-            return f"int4 weights in groups of {self.group_size}"
-        if self.weight == "int8":
-            return "int8 weights and int8 per-token activations" if self.activation else "int8 weights"
-        return "float weights"
+            text = f"int4 weights in groups of {self.group_size}"
+        elif self.weight == "int8":
+            text = "int8 weights and int8 per-token activations" if self.activation else "int8 weights"
+        else:
+            text = "float weights"
+        return text + (", int8 KV cache" if self.kvcache else "")
 
 
 def _dtype_name(value, key: str, source: str) -> str | None:
@@ -187,17 +194,13 @@ def quantization_settings(config, source: str = "model.model_config") -> Quantiz
     for key in ("mode", "backend"):
         if key in config:
             logger.info("quantization_config.%s = %r has no effect on PyTorch", key, config[key])
-    if kvcache is not None:
-        logger.warning(
-            "quantization_config.kvcache_dtype int8: the KV cache stays in the compute dtype (not implemented)"
-        )
     if outliers == "smooth" or method == "smooth_quant":
         logger.warning(
             "quantization_config %s: smoothing factors come from calibration, which a float checkpoint does not "
             "hold; identity smoothing is used (plain per-channel int8 weights, per-token int8 activations)",
             method,
         )
-    return QuantizationSettings(weight, 32, activation, skip, method)
+    return QuantizationSettings(weight, 32, activation, skip, method, kvcache)
 
 
 def quantization_of_file(path) -> QuantizationSettings | None:
@@ -210,6 +213,12 @@ def quantization_of_file(path) -> QuantizationSettings | None:
 
 
 # ------------------------------------------------------------------------------------------ layers
+# PyTorch's CPU int8/int4 kernels are vectorised for bf16 activations; with fp32 (or fp16) activations
+# they run 4-10x slower than an fp32 `F.linear` (torch 2.13, x86). Inputs are cast to bf16 for them
+# and the result cast back, which rounds activations as a bf16 model does.
+_CPU_KERNEL_DTYPE = torch.bfloat16
+
+
 def _quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: `(q (N, K) int8, scales (N,) fp32)` with `weight ≈ q * scales`."""
     w = weight.detach().float()
@@ -257,9 +266,11 @@ class Int8WeightOnlyLinear(_QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        # the CPU kernel crashes for half-precision inputs whose width is not a multiple of 8 (PyTorch 2.13)
-        if x.device.type == "cpu" and (x.dtype == torch.float32 or self.in_features % 8 == 0):
-            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight_int8, self.weight_scale.to(x.dtype))
+        # the CPU kernel crashes for bf16 inputs whose width is not a multiple of 8 (PyTorch 2.13)
+        if x.device.type == "cpu" and self.in_features % 8 == 0:
+            xb = x2.to(_CPU_KERNEL_DTYPE).contiguous()
+            y = torch.ops.aten._weight_int8pack_mm(xb, self.weight_int8, self.weight_scale.to(_CPU_KERNEL_DTYPE))
+            y = y.to(x.dtype)
         else:
             y = F.linear(x2, self.weight_int8.to(x.dtype)) * self.weight_scale.to(x.dtype)
         return self._finish(y.reshape(*shape, self.out_features))
@@ -345,11 +356,12 @@ class Int4WeightOnlyLinear(_QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
-            packed, sz = self._cpu_kernel_inputs(x.dtype)
+        if x.device.type == "cpu":
+            packed, sz = self._cpu_kernel_inputs(_CPU_KERNEL_DTYPE)
             k_pad = self.weight_int4.shape[1] * 2
-            x2 = F.pad(x2, (0, k_pad - self.in_features)).contiguous()
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, sz)[:, : self.out_features]
+            xb = F.pad(x2.to(_CPU_KERNEL_DTYPE), (0, k_pad - self.in_features)).contiguous()
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, self.group_size, sz)[:, : self.out_features]
+            y = y.to(x.dtype)
         else:
             y = F.linear(x2, self.dequantize().to(x.dtype))
         return self._finish(y.reshape(*shape, self.out_features))
@@ -371,12 +383,38 @@ def _converted(name: str, module: nn.Module, settings: QuantizationSettings) -> 
     return type(module) is nn.Linear and not any(s in name for s in settings.modules_to_not_convert)
 
 
+_INT8_CACHE_CLASSES: dict[type, type] = {}
+
+
+def _int8_cache_class(cls: type) -> type:
+    """`cls` whose `setup_kv_cache` allocates `Int8KVCache`s in place of its `StaticKVCache`s."""
+    if cls not in _INT8_CACHE_CLASSES:
+
+        def setup_kv_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None) -> None:
+            cls.setup_kv_cache(self, batch_size, max_length, dtype)
+            state = generation_state(self)
+            state.kv_caches = [
+                Int8KVCache(*c.key_cache.shape, c.key_cache.dtype, c.key_cache.device)
+                if type(c) is StaticKVCache
+                else c
+                for c in state.kv_caches
+            ]
+
+        body = {"setup_kv_cache": setup_kv_cache, "__module__": cls.__module__}
+        _INT8_CACHE_CLASSES[cls] = type(f"Int8Cache{cls.__name__}", (cls,), body)
+    return _INT8_CACHE_CLASSES[cls]
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, settings: QuantizationSettings) -> nn.Module:
     """Replace every `nn.Linear` of `model` whose name contains none of `settings.modules_to_not_convert`
     by its quantized layer, round-to-nearest from its current weights; returns `model` in eval mode with
-    `model.quantization = settings`. Apply it before `prepare_for_cpu_inference` (which packs the linear
-    layers left float). Load a quantized state dict after applying it to a model of the same config."""
+    `model.quantization = settings`.
+
+    With `settings.kvcache == "int8"` the model's class becomes a subclass whose `setup_kv_cache`
+    allocates `Int8KVCache`s (as prepacking swaps classes). Apply it before `prepare_for_cpu_inference`
+    (which packs the linear layers left float). Load a quantized state dict after applying it to a model
+    of the same config."""
     model.eval()
     count = 0
     if settings.weight is not None:
@@ -386,6 +424,9 @@ def quantize_model(model: nn.Module, settings: QuantizationSettings) -> nn.Modul
                 if _converted(full, child, settings):
                     setattr(module, child_name, _quantized(child.weight, child.bias, settings))
                     count += 1
+    swapped = type(model) in _INT8_CACHE_CLASSES.values()
+    if settings.kvcache == "int8" and hasattr(model, "setup_kv_cache") and not swapped:
+        model.__class__ = _int8_cache_class(type(model))
     model.quantization = settings
     logger.info("quantized %d linear layers: %s (quant_method %s)", count, settings.describe(), settings.quant_method)
     return model
