@@ -326,10 +326,6 @@ class Int4WeightOnlyLinear(_QuantLinear):
         self.register_buffer("weight_zero", zeros)
         self._packed: tuple | None = None
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = None
-        return super()._load_from_state_dict(*args, **kwargs)
-
     def _unpacked(self) -> torch.Tensor:
         """(N, K_pad) int32 in 0..15."""
         b = self.weight_int4.to(torch.int32)
@@ -344,14 +340,21 @@ class Int4WeightOnlyLinear(_QuantLinear):
 
     def _cpu_kernel_inputs(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """`(packed weight, scales_and_zeros)` for `_weight_int4pack_mm_for_cpu`: N padded to 16."""
-        if self._packed is None or self._packed[1].dtype != dtype or self._packed[0].device != self.weight_int4.device:
+        # rebuilt when a buffer changed (a checkpoint copied in: their version counters move), moved or
+        # another dtype is asked for
+        key = (
+            dtype,
+            self.weight_int4.device,
+            *(t._version for t in (self.weight_int4, self.weight_scale, self.weight_zero)),
+        )
+        if self._packed is None or self._packed[0] != key:
             n_pad = -(-self.out_features // 16) * 16 - self.out_features
             q = F.pad(self._unpacked(), (0, 0, 0, n_pad), value=8)
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 8)
             scale, zero = (F.pad(t, (0, 0, 0, n_pad)) for t in (self.weight_scale, self.weight_zero))
             sz = torch.stack([scale, zero], -1)
-            self._packed = (packed, sz.transpose(0, 1).contiguous().to(dtype))  # (K_pad / g, N_pad, 2)
-        return self._packed
+            self._packed = (key, packed, sz.transpose(0, 1).contiguous().to(dtype))  # (K_pad / g, N_pad, 2)
+        return self._packed[1], self._packed[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]
@@ -359,7 +362,10 @@ class Int4WeightOnlyLinear(_QuantLinear):
         if x.device.type == "cpu":
             packed, sz = self._cpu_kernel_inputs(_CPU_KERNEL_DTYPE)
             k_pad = self.weight_int4.shape[1] * 2
-            xb = F.pad(x2.to(_CPU_KERNEL_DTYPE), (0, k_pad - self.in_features)).contiguous()
+            xb = x2.to(_CPU_KERNEL_DTYPE)
+            if k_pad != self.in_features:
+                xb = F.pad(xb, (0, k_pad - self.in_features))
+            xb = xb.contiguous()
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, self.group_size, sz)[:, : self.out_features]
             y = y.to(x.dtype)
         else:

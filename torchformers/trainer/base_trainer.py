@@ -526,6 +526,11 @@ class CausalLanguageModelingTrainer(BaseTrainer):
             # fp32 on CPU: weights prepacked for oneDNN, about 1.8x faster decoding (docs/performance_tuning.md);
             # any other model is returned as it is
             return prepare_for_cpu_inference(self.build_network(config))
+        if _quantization(config, training=False) is not None:
+            raise ConfigError(
+                f"{config.source_file}: model.model_config.quantization_config with use_parallel under torchrun: "
+                "quantized layers are not sharded; run predict as one process (--use_parallel False)"
+            )
         dims = parallel_dims_from_config(config)
         checkpoint = config.get("load_checkpoint") or None
         model, _ = build_parallel_model(config.model, dims, config.device, checkpoint=checkpoint,
