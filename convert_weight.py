@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quantize:
         try:
             config_json = config_path if config is not None else _config_json(args.input_path)
-            settings = quantization_settings(
-                {"quant_method": args.quantize, "group_size": args.group_size}, "--quantize"
-            )
+            wanted = {"quant_method": args.quantize}
+            if args.quantize == "int4":
+                wanted["group_size"] = args.group_size
+            settings = quantization_settings(wanted, "convert_weight.py --quantize")
             _quantize_file(output_path, Path(args.output_path), args.model, config_json, settings)
         except (CheckpointError, ConfigError) as exc:
             print(f"convert_weight.py: {exc}", file=sys.stderr)

@@ -153,6 +153,7 @@ def test_settings_ours_and_mindformers():
     [
         ({"quant_method": "gptq"}, "quant_method"),
         ({"quant_method": "int4", "group_size": 48}, "group_size"),
+        ({"quant_method": "int8", "group_size": 32}, "group_size is for int4"),
         ({"quant_method": "int8", "wieght_dtype": "int8"}, "unknown key"),
         ({"quant_method": "int8", "weight_dtype": "int8"}, "rtn/ptq/smooth_quant"),
         ({"quant_method": "rtn", "activation_dtype": "int8"}, "RtnConfig"),

@@ -164,6 +164,10 @@ def quantization_settings(config, source: str = "model.model_config") -> Quantiz
     skip = tuple(skip)
     if method in _OURS:
         group = config.get("group_size", 32)
+        if method == "int8" and "group_size" in config:
+            raise ConfigError(
+                f"{source}: quantization_config.group_size is for int4; int8 has one scale per output channel"
+            )
         if method == "int4" and group not in GROUP_SIZES:
             raise ConfigError(
                 f"{source}: quantization_config.group_size is {group!r}; "
