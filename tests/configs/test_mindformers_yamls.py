@@ -6,7 +6,7 @@ random-weight checkpoint, as a user shrinking a run for a smoke test would pass 
 with pip into the asset cache once; the tests are skipped, with the reason, when that fails (offline).
 
 The launch of all 32 YAMLs is `slow` (about two minutes on two CPU cores); YAMLs of features not implemented
-(prefix tuning, P-Tuning v2, S-LoRA, quantization) are strict `xfail`: they must end with a one-line
+(S-LoRA, quantization) are strict `xfail`: they must end with a one-line
 refusal (exit status 2), not a traceback.
 The fast tests check MindFormers' semantics on `predict_llama2_7b.yaml`: `device_target: Ascend`, MindSpore-only
 context keys and the placeholder `remote_save_url` are accepted and logged once; `use_parallel` outside torchrun
@@ -33,10 +33,6 @@ MINDFORMERS = Package("mindformers==1.3.2", "wheel")
 YAML_DIR = "configs/llama2/"
 # Features not implemented yet: the test runs them and expects them to fail, so a fix shows up.
 OUT_OF_SCOPE = {
-    "finetune_llama2_7b_prefixtuning.yaml": "prefix tuning (pet_config.pet_type prefixtuning) is not implemented",
-    "predict_llama2_7b_prefixtuning.yaml": "prefix tuning (pet_config.pet_type prefixtuning) is not implemented",
-    "finetune_llama2_7b_ptuning2.yaml": "P-Tuning v2 (pet_config.pet_type ptuning2) is not implemented",
-    "predict_llama2_7b_ptuning2.yaml": "P-Tuning v2 (pet_config.pet_type ptuning2) is not implemented",
     "predict_llama2_13b_ptq.yaml": "post-training quantization (ParallelLlamaForCausalLM) is not implemented",
     "predict_llama2_13b_rtn.yaml": "RTN weight quantization (quantization_config) is not implemented",
     "predict_llama2_13b_smooth_quant.yaml": "SmoothQuant (quantization_config) is not implemented",
@@ -249,7 +245,7 @@ def test_missing_vocab_file_uses_the_local_folder(tmp_path, tiny_weights, monkey
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("predict_llama2_7b_prefixtuning.yaml", "pet_config.pet_type is 'prefixtuning'; only 'lora' is supported"),
+        ("predict_llama2_7b_slora.yaml", "pet_type is 'slora'; supported: 'lora', 'prefixtuning', 'ptuning2'"),
         ("predict_llama2_13b_rtn.yaml", "quantization_config (quant_method 'rtn') is not supported"),
     ],
 )

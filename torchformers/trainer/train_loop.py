@@ -132,9 +132,9 @@ class TrainLoop:
             save_train_state(path, self.model, self.optimizer, info)
 
     def save_weights(self, monitor: CheckpointMonitor, ctx: RunContext) -> None:
-        """Weights only (`checkpoint_network/`) and, for LoRA or save_trainable_params, the trainable ones."""
+        """Weights only (`checkpoint_network/`) and, for a pet method or save_trainable_params, the trainable ones."""
 
-        lora = getattr(self.model, "pet_config", None) is not None
+        pet = getattr(self.model, "pet_config", None) is not None
         name = monitor.file_name(ctx)
         if is_distributed_model(self.model):  # whole tensors, written once per pipeline stage
             state = full_model_state(self.model) if monitor.save_network_params else None
@@ -143,7 +143,7 @@ class TrainLoop:
             return
         if monitor.save_network_params:
             atomic_save_tensors(model_state_to_save(self.model), monitor.folder(ctx, "checkpoint_network") / name)
-        if monitor.save_trainable_params or lora:
+        if monitor.save_trainable_params or pet:
             stem = name[: -len(monitor.suffix)].replace(f"_rank_{ctx.rank}-", f"_rank_{ctx.rank}-trainable_params-")
             path = monitor.folder(ctx, "checkpoint_trainable") / (stem + monitor.suffix)
             atomic_save_tensors(model_state_to_save(self.model, trainable_only=True), path)
