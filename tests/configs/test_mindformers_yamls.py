@@ -144,6 +144,55 @@ def test_mindformers_llama2_yaml_runs_unmodified(name, tmp_path, finetune_parque
         assert "I love Beijing, because" in (tmp_path / "text_generation_result.txt").read_text()
 
 
+LLAMA3_1_DIR = Path(__file__).parent / "mindformers_1_5_0" / "research" / "llama3_1"
+LLAMA3_VOCAB = 128256
+
+
+@pytest.fixture(scope="module")
+def tiny_llama3_weights(tmp_path_factory) -> Path:
+    """Random weights of the shrunk Llama 3.1 (its 128256-token vocabulary, MindFormers' names)."""
+    from torchformers.checkpoint import save_checkpoint
+    from torchformers.models.llama import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=LLAMA3_VOCAB, n_kv_heads=2, **SHRINK)
+    path = tmp_path_factory.mktemp("weights") / "llama3_1_tiny.safetensors"
+    save_checkpoint(LlamaForCausalLM(config).state_dict(), str(path))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.name for p in LLAMA3_1_DIR.glob("*.yaml")))
+def test_mindformers_1_5_0_llama3_1_yaml_runs_unmodified(
+    name, tmp_path, finetune_parquet, tiny_llama3_weights, monkeypatch, caplog, clean_register_env
+):
+    """MindFormers 1.5.0's research/llama3_1 YAMLs (kept unmodified as test data), with the repository's
+    research/llama3_1 as the register path (Llama3Tokenizer through `auto_register`) and the real Llama 3
+    tokenizer."""
+    from tests.trainer.conftest import REPO
+    from torchformers.cli import main
+    from torchformers.tools.assets import fetch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    source = (LLAMA3_1_DIR / name).read_bytes()
+    yaml_path = tmp_path / name
+    yaml_path.write_bytes(source)
+    out = tmp_path / "out"
+    argv = launch_argv(yaml_path, out, finetune_parquet, tiny_llama3_weights, fetch("llama3/tokenizer.model"))
+    if "processor" not in yaml.safe_load(source):  # the finetune YAMLs need no tokenizer
+        argv = [a for a in argv if not a.startswith("--processor.")]
+    argv += ["--register_path", str(REPO / "research" / "llama3_1"), f"--model.model_config.vocab_size={LLAMA3_VOCAB}"]
+    with caplog.at_level("INFO", logger="torchformers"):
+        assert main(argv) == 0
+    run_mode = run_mode_of(source)
+    if run_mode in ("train", "finetune"):
+        assert (out / "metrics.jsonl").is_file()
+    else:
+        assert "I love Beijing, because" in (tmp_path / "text_generation_result.txt").read_text()
+    assert len([m for m in caplog.messages if m.startswith("no effect on PyTorch")]) == 1
+
+
 def predict_7b(tmp_path, monkeypatch) -> Path:
     """MindFormers' predict_llama2_7b.yaml as it ships, in a fresh folder that is also the current one."""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
