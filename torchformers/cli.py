@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--remote_save_url", type=str, help="ModelArts/OBS upload URL: accepted, no effect (logged); see output_dir")
     add("--seed", type=int, help="global random seed")
     add("--use_parallel", type=str2bool, help="run distributed under torchrun with parallel_config (true/false)")
-    add("--profile", type=str2bool, help="profile the run with torch.profiler (true/false)")
+    add("--profile", type=str2bool, help="MindSpore profiler switch: accepted, no effect (logged)")
     add("--options", nargs="+", action=ActionDict, help="key.sub=value pairs merged into the config")
     add("--epochs", type=int, help="training epochs (runner_config.epochs)")
     add("--batch_size", type=int, help="per-data-parallel-rank batch size (runner_config.batch_size)")
@@ -264,13 +264,45 @@ def config_from_args(argv: Sequence[str] | None = None) -> MindFormerConfig:
 _KEYS_USED = {"context": ("device_target", "device_id"), "parallel": ("enable_parallel_optimizer",)}
 
 
+# MindSpore-only top-level switches, each with the keys that only matter when it is on: MindData's dataset
+# autotuning, the MindSpore profiler, layer-wise learning-rate decay and batch-size LR scaling, and the
+# Ascend CANN / precision-sync options. At their inert values they ask for nothing, in MindFormers either;
+# a switch that is on is named in the no-effect line together with its companions.
+_TOP_LEVEL_SWITCHES = {
+    "auto_tune": ("filepath_prefix", "autotune_per_step"),
+    "profile": (
+        "profile_start_step", "profile_stop_step", "init_start_profile", "profile_communication", "profile_memory",
+        "profile_rank_ids", "profile_pipeline", "profile_level", "mstx",
+    ),
+    "layer_scale": ("layer_decay",),
+    "lr_scale": ("lr_scale_factor",),
+    "exclude_cann_cpu": (),
+    "train_precision_sync": (),
+    "infer_precision_sync": (),
+}  # fmt: skip
+
+
+def _top_level_no_effect(config: MindFormerConfig) -> list[str]:
+    keys = []
+    for switch, companions in _TOP_LEVEL_SWITCHES.items():
+        if config.get(switch):
+            keys.append(f"{switch} ({config.get(switch)!r})")
+            keys += [k for k in companions if k in config]
+    if (config.get("micro_batch_interleave_num") or 1) > 1:  # MindSpore's interleaved micro-batches (model parallel)
+        keys.append(f"micro_batch_interleave_num ({config.micro_batch_interleave_num!r})")
+    return keys
+
+
 def log_no_effect(config: MindFormerConfig) -> None:
-    """One log line naming the keys MindFormers gives a meaning that PyTorch has no counterpart for."""
+    """One log line naming the keys MindFormers gives a meaning that PyTorch has no counterpart for: the
+    `context` and `parallel` blocks' MindSpore keys, the top-level MindSpore switches that are on, and a
+    `remote_save_url`."""
     keys = []
     for section, used in _KEYS_USED.items():
         block = config.get(section)
         if isinstance(block, Mapping):
             keys += [f"{section}.{k}" for k in block if k not in used]
+    keys += _top_level_no_effect(config)
     if config.get("remote_save_url"):
         keys.append(f"remote_save_url ({config.remote_save_url!r}: nothing is uploaded to ModelArts/OBS)")
     if keys:

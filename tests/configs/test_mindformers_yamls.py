@@ -190,7 +190,10 @@ def test_mindformers_1_5_0_llama3_1_yaml_runs_unmodified(
         assert (out / "metrics.jsonl").is_file()
     else:
         assert "I love Beijing, because" in (tmp_path / "text_generation_result.txt").read_text()
-    assert len([m for m in caplog.messages if m.startswith("no effect on PyTorch")]) == 1
+    no_effect = [m for m in caplog.messages if m.startswith("no effect on PyTorch")]
+    assert len(no_effect) == 1
+    for key in yaml.safe_load(source)["context"]:  # jit_config, memory_optimize_level, mempool_block_size, ...
+        assert key in ("device_target", "device_id") or f"context.{key}" in no_effect[0]
 
 
 def predict_7b(tmp_path, monkeypatch) -> Path:
