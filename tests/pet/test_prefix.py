@@ -196,3 +196,22 @@ def test_ptuning2_without_projection_learns_the_keys_directly():
     prefix = model._pet_prefix(1, training=False)
     # layer 1's values are block 3 of each row, as MindFormers splits (bs, P, 2L, H) after (2, 0, 1, 3)
     torch.testing.assert_close(prefix[1][1][0].transpose(0, 1).reshape(2, 64), table[:, 3 * 64 : 4 * 64])
+
+
+def test_build_network_loads_a_mindformers_prefix_checkpoint(tmp_path, wiki_parquet):
+    """`load_checkpoint` holding the prefix weights (MindFormers' own file): the method is applied first, then
+    everything loads, and the network gives MindFormers' logits."""
+    from torchformers.trainer import CausalLanguageModelingTrainer
+
+    model_config = {"vocab_size": 96, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "n_kv_heads": 4,
+                    "theta": 10000, "tie_word_embeddings": False, "seq_length": 16}  # fmt: skip
+    overrides = {f"model.model_config.{k}": v for k, v in model_config.items()}
+    config = tiny_config(
+        tmp_path, wiki_parquet, run_mode="predict", yaml=REPO / "configs" / "tiny" / "finetune_llama_tiny.yaml",
+        **{**overrides, "load_checkpoint": str(FIXTURES / "ptuning2.ckpt"), "model.model_config.pet_config": PTUNING2},
+    )  # fmt: skip
+    model = CausalLanguageModelingTrainer().build_network(config).eval()
+    reference = np.load(FIXTURES / "ptuning2_logits.npz", allow_pickle=False)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(reference["input_ids"]).long()).numpy()
+    np.testing.assert_allclose(logits, reference["logits"], atol=3e-4, rtol=0)

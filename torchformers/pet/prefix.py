@@ -187,7 +187,9 @@ def apply_prefix(model: nn.Module, pet_config: Any) -> nn.Module:
     config = PrefixConfig.from_any(pet_config)
     decoder = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     mc = getattr(model, "config", None)
-    takes_caches = isinstance(decoder, nn.Module) and "kv_caches" in inspect.signature(decoder.forward).parameters
+    takes_caches = isinstance(decoder, nn.Module) and {"kv_caches", "mask"} <= set(
+        inspect.signature(decoder.forward).parameters
+    )
     if not takes_caches or mc is None:
         raise ConfigError(
             f"model_config.pet_config.pet_type {config.pet_type}: {type(model).__name__} has no decoder taking "
@@ -211,11 +213,13 @@ def apply_prefix(model: nn.Module, pet_config: Any) -> nn.Module:
             trans = nn.Sequential(nn.Linear(out, mid, dtype=dtype), nn.Tanh(), nn.Linear(mid, out, dtype=dtype))
             model.add_module(f"{stem}_trans", trans)
     prefix = _Prefix(model, config, num_layers, n_kv_heads, head_dim)
-    signature = inspect.signature(decoder.forward)
+    # the decoder's arguments by name (plain dict work, so a compiled decode step traces it)
+    parameters = inspect.signature(decoder.forward).parameters
+    names = list(parameters)
+    defaults = {k: p.default for k, p in parameters.items() if p.default is not inspect.Parameter.empty}
 
     def add_prefix(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        bound = signature.bind(*args, **kwargs)
-        inputs = bound.arguments
+        inputs = {**defaults, **dict(zip(names, args)), **kwargs}
         x = inputs.get("input_embeds")
         x = inputs.get("input_ids") if x is None else x
         B, T = x.shape[0], x.shape[1]
@@ -228,7 +232,7 @@ def apply_prefix(model: nn.Module, pet_config: Any) -> nn.Module:
                 layers.append(PrefixKV(k, v, cache))
             inputs["kv_caches"] = layers
         inputs["mask"] = _widen(inputs.get("mask"), T, config.length, x.device)
-        return (), dict(inputs)
+        return (), inputs
 
     model._pet_prefix = prefix  # per layer (key, value) for a batch size: prefix(batch_size, training)
     model._pet_prefix_hook = decoder.register_forward_pre_hook(add_prefix, with_kwargs=True)
