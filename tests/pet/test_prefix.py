@@ -137,7 +137,8 @@ def test_finetune_trains_only_the_prefix_and_saves_it(pet_type, tmp_path, wiki_p
     yaml = REPO / "configs" / "tiny" / "finetune_llama_tiny.yaml"
     pet = {**CONFIGS[pet_type], **({"prefix_token_num": 4} if pet_type == "prefixtuning" else {"pre_seq_len": 4})}
     config = tiny_config(tmp_path, wiki_parquet, run_mode="finetune", yaml=yaml,
-                         **{"load_checkpoint": "", "model.model_config.pet_config": pet, "callbacks": [],
+                         **{"load_checkpoint": "", "model.model_config.pet_config": pet,
+                            "callbacks": [{"type": "CheckpointMonitor", "prefix": "pt", "save_checkpoint_steps": 25}],
                             "runner_config.stop_step": 25, "lr_schedule.learning_rate": 3e-2})  # fmt: skip
     build_context(config)
     trainer = CausalLanguageModelingTrainer()
@@ -162,6 +163,8 @@ def test_finetune_trains_only_the_prefix_and_saves_it(pet_type, tmp_path, wiki_p
 
     adapter = tmp_path / "adapter" / "adapter_model.safetensors"
     assert set(read_weights(adapter)) == trainable | {f"{stem}_prefix"}
+    (saved,) = tmp_path.rglob("*trainable_params*")  # the CheckpointMonitor's trainable parameters: the prefix
+    assert set(read_weights(saved)) == trainable
     fresh = CausalLanguageModelingTrainer()._bare(config)
     fresh.load_state_dict(base, strict=False)
     load_adapters(fresh, adapter)

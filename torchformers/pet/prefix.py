@@ -193,7 +193,7 @@ def apply_prefix(model: nn.Module, pet_config: Any) -> nn.Module:
     if not takes_caches or mc is None:
         raise ConfigError(
             f"model_config.pet_config.pet_type {config.pet_type}: {type(model).__name__} has no decoder taking "
-            "kv_caches (model.<base_model_prefix>)"
+            "kv_caches and mask (model.<base_model_prefix>)"
         )
     if getattr(model, "pet_config", None) is not None:
         raise ConfigError(f"model_config.pet_config: the model already has pet_type {model.pet_config.pet_type}")
