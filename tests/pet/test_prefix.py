@@ -201,7 +201,7 @@ def test_ptuning2_without_projection_learns_the_keys_directly():
     torch.testing.assert_close(prefix[1][1][0].transpose(0, 1).reshape(2, 64), table[:, 3 * 64 : 4 * 64])
 
 
-def test_build_network_loads_a_mindformers_prefix_checkpoint(tmp_path, wiki_parquet):
+def test_build_network_loads_a_mindformers_prefix_checkpoint(tmp_path, wiki_parquet, caplog):
     """`load_checkpoint` holding the prefix weights (MindFormers' own file): the method is applied first, then
     everything loads, and the network gives MindFormers' logits."""
     from torchformers.trainer import CausalLanguageModelingTrainer
@@ -218,3 +218,13 @@ def test_build_network_loads_a_mindformers_prefix_checkpoint(tmp_path, wiki_parq
     with torch.no_grad():
         logits = model(torch.from_numpy(reference["input_ids"]).long()).numpy()
     np.testing.assert_allclose(logits, reference["logits"], atol=3e-4, rtol=0)
+
+    # a checkpoint of the base model only: the prefix starts from its initialisation, and predict says so
+    from torchformers.checkpoint import save_checkpoint
+
+    base = tmp_path / "base.safetensors"
+    save_checkpoint({k: v for k, v in model.state_dict().items() if "mindpet_delta" not in k}, str(base))
+    config.load_checkpoint = str(base)
+    with caplog.at_level("WARNING", logger="torchformers"):
+        CausalLanguageModelingTrainer().build_network(config)
+    assert any("the checkpoint holds no ptuning2 weights" in m for m in caplog.messages)

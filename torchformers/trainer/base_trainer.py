@@ -248,6 +248,12 @@ class BaseTrainer:
             logger.warning("no checkpoint given (load_checkpoint): the model has random weights")
         if pet:
             get_pet_model(model, pet_config)
+            if config.run_mode in ("eval", "predict"):
+                logger.warning(
+                    "%s: the checkpoint holds no %s weights; they start from their initialisation (load the "
+                    "finetuned network checkpoint to use the trained ones)",
+                    config.run_mode, model.pet_config.pet_type,
+                )  # fmt: skip
         device = getattr(config, "device", None)
         if device is not None:
             model.to(device)
