@@ -313,8 +313,9 @@ def single_process_notice(config: MindFormerConfig) -> None:
     """`use_parallel: True` outside torchrun: run as one process and say how to launch it distributed."""
     if config.get("use_parallel") and "WORLD_SIZE" not in os.environ:
         logger.info(
-            "use_parallel is True but this is not a distributed launch (WORLD_SIZE unset): running as one process; "
-            "launch with `torchrun --nproc_per_node N run_mindformer.py ...` to run distributed"
+            "use_parallel is %r but this is not a distributed launch (WORLD_SIZE unset): running as one process; "
+            "launch with `torchrun --nproc_per_node N run_mindformer.py ...` to run distributed",
+            config.use_parallel,  # a YAML's `use_parallel: Flase` is a true string, as in MindFormers
         )
         config.use_parallel = False
 
