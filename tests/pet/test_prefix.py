@@ -228,3 +228,16 @@ def test_build_network_loads_a_mindformers_prefix_checkpoint(tmp_path, wiki_parq
     with caplog.at_level("WARNING", logger="torchformers"):
         CausalLanguageModelingTrainer().build_network(config)
     assert any("the checkpoint holds no ptuning2 weights" in m for m in caplog.messages)
+
+
+def test_freeze_patterns_are_mindpet_globs():
+    from torchformers.pet import get_pet_model
+
+    pet = {**PREFIX, "freeze_exclude": ["*attention_norm*"], "freeze_include": ["*trans.2*"]}
+    model = get_pet_model(tiny_llama(), pet)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {
+        "mindpet_delta_prefixtuning_embedding.embedding_table", "mindpet_delta_prefixtuning_trans.0.weight",
+        "mindpet_delta_prefixtuning_trans.0.bias", "model.layers.0.attention_norm.weight",
+        "model.layers.1.attention_norm.weight",
+    }  # fmt: skip
