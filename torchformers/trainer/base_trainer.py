@@ -248,7 +248,7 @@ class BaseTrainer:
             logger.warning("no checkpoint given (load_checkpoint): the model has random weights")
         if pet:
             get_pet_model(model, pet_config)
-            if config.run_mode in ("eval", "predict"):
+            if checkpoint and config.run_mode in ("eval", "predict"):
                 logger.warning(
                     "%s: the checkpoint holds no %s weights; they start from their initialisation (load the "
                     "finetuned network checkpoint to use the trained ones)",
