@@ -241,3 +241,14 @@ def test_freeze_patterns_are_mindpet_globs():
         "mindpet_delta_prefixtuning_trans.0.bias", "model.layers.0.attention_norm.weight",
         "model.layers.1.attention_norm.weight",
     }  # fmt: skip
+
+
+def test_prefix_with_tensor_or_pipeline_parallelism_is_refused_in_one_line():
+    from torchformers.errors import ConfigError
+    from torchformers.parallel.mesh import ParallelDims
+    from torchformers.pet import get_pet_model
+    from torchformers.trainer.base_trainer import BaseTrainer
+
+    model = get_pet_model(tiny_llama(), PREFIX)
+    with pytest.raises(ConfigError, match="prefixtuning runs data parallel only; parallel_config has model_parallel 2"):
+        BaseTrainer._parallelise(model, None, ParallelDims(dp=1, tp=2, world_size=2), torch.device("cpu"), False)

@@ -27,6 +27,7 @@ from torchformers.pet.prefix import PREFIX_PET_TYPES, PrefixConfig, apply_prefix
 
 __all__ = [
     "PET_TYPES",
+    "PREFIX_PET_TYPES",
     "LoRALinear",
     "LoraConfig",
     "PrefixConfig",

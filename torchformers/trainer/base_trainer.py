@@ -35,7 +35,7 @@ from torchformers.generation import prepare_for_cpu_inference
 from torchformers.parallel import parallel_dims_from_config, parallelize_model
 from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
 from torchformers.parallel.parallelize import ParallelPlan, build_parallel_model
-from torchformers.pet import PET_TYPES, get_pet_model, is_pet_config, pet_keys_in, save_adapters
+from torchformers.pet import PET_TYPES, PREFIX_PET_TYPES, get_pet_model, is_pet_config, pet_keys_in, save_adapters
 from torchformers.pipeline import pipeline
 from torchformers.tools.logger import logger
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
@@ -384,6 +384,12 @@ class BaseTrainer:
         """`(model to train, plan, data-parallel size)`: TP -> recompute -> FSDP2 (and the pipeline stage)
         from `parallel_config`, or plain DDP for a process group without `use_parallel`."""
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        pet_type = getattr(getattr(network, "pet_config", None), "pet_type", None)
+        if dims is not None and pet_type in PREFIX_PET_TYPES and (dims.tp > 1 or dims.pp > 1):
+            raise ConfigError(
+                f"pet_config.pet_type {pet_type} runs data parallel only; parallel_config has model_parallel "
+                f"{dims.tp} and pipeline_stage {dims.pp} (expected 1 each: the prefix holds every head of every layer)"
+            )
         if dims is not None:
             if plan is None:
                 plan = parallelize_model(network, dims, device, recompute=recompute)
