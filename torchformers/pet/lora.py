@@ -196,16 +196,18 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n.endswith((LORA_A, LORA_B))}
 
 
-def save_adapters(model: nn.Module, path: str | Path) -> Path:
+def save_adapters(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write only the adapter weights (safetensors: every `mindpet_delta_*` tensor, LoRA or prefix), the
-    pet config in the file's metadata."""
+    pet config in the file's metadata. `state` gives them already gathered (a sharded model's full tensors)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path / ADAPTER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     config = getattr(model, "pet_config", None)
     metadata = {"pet_config": json.dumps(config.to_dict())} if config is not None else None
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if _is_adapter(k)}
+    if state is None:
+        state = model.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items() if _is_adapter(k)}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(path)

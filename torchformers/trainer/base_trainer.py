@@ -34,6 +34,7 @@ from torchformers.errors import ConfigError
 from torchformers.generation import prepare_for_cpu_inference
 from torchformers.parallel import parallel_dims_from_config, parallelize_model
 from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
+from torchformers.parallel.checkpoint import full_model_state, is_distributed_model
 from torchformers.parallel.parallelize import ParallelPlan, build_parallel_model
 from torchformers.pet import PET_TYPES, PREFIX_PET_TYPES, get_pet_model, is_pet_config, pet_keys_in, save_adapters
 from torchformers.pipeline import pipeline
@@ -343,8 +344,7 @@ class BaseTrainer:
         loop.model = network  # train states hold the bare model's names
         ctx = loop.run(resume_path)
         self.network, self.optimizer, self.loop = network, optimizer, loop
-        if rank == 0:
-            self._save_adapters(network, output_dir)
+        self._save_adapters(network, output_dir, rank)
         logger.info("training finished at global step %d, loss %.4f", ctx.global_step, ctx.loss)
         return ctx
 
@@ -449,10 +449,16 @@ class BaseTrainer:
         return cbs
 
     @staticmethod
-    def _save_adapters(network: nn.Module, output_dir: str) -> None:
-        """A pet run (LoRA, prefix tuning, P-Tuning v2) also writes its adapters alone, to `<output_dir>/adapter/`."""
-        if getattr(network, "pet_config", None) is not None:
-            path = save_adapters(network, Path(output_dir) / "adapter")
+    def _save_adapters(network: nn.Module, output_dir: str, rank: int = 0) -> None:
+        """A pet run (LoRA, prefix tuning, P-Tuning v2) also writes its adapters alone, to `<output_dir>/adapter/`,
+        from rank 0; a sharded model's adapters are gathered first (every rank takes part)."""
+        if getattr(network, "pet_config", None) is None:
+            return
+        state = None
+        if is_distributed_model(network):
+            state = {k: v for k, v in full_model_state(network).items() if "mindpet_delta_" in k}
+        if rank == 0:
+            path = save_adapters(network, Path(output_dir) / "adapter", state=state)
             logger.info("%s adapters saved to %s", network.pet_config.pet_type, path)
 
     def _bare(self, config):
