@@ -20,6 +20,7 @@ from torchformers.tools.logger import logger
 from torchformers.tools.register.build import build_trainer
 from torchformers.tools.register.config import MindFormerConfig, parse_value
 from torchformers.tools.register.paths import REPO_ROOT, import_register_path, resolve_path, use_register_path
+from torchformers.tools.register.register import MindFormerModuleType, MindFormerRegister
 from torchformers.tools.register.template import RUN_MODES, check_strict_sections
 from torchformers.utils import str2bool
 
@@ -293,6 +294,17 @@ def _top_level_no_effect(config: MindFormerConfig) -> list[str]:
     return keys
 
 
+def _model_config_no_effect(config: MindFormerConfig) -> list[str]:
+    """`model.model_config` keys the YAML sets that its config class lists as Ascend-only (`no_effect_keys`)."""
+    model_config = config.get_value("model.model_config")
+    if not isinstance(model_config, Mapping) or not isinstance(model_config.get("type"), str):
+        return []
+    if not MindFormerRegister.is_exist(MindFormerModuleType.CONFIG, model_config["type"]):
+        return []
+    cls = MindFormerRegister.get_cls(MindFormerModuleType.CONFIG, model_config["type"])
+    return [f"model.model_config.{k}" for k in getattr(cls, "no_effect_keys", ()) if k in model_config]
+
+
 def log_no_effect(config: MindFormerConfig) -> None:
     """One log line naming the keys MindFormers gives a meaning that PyTorch has no counterpart for: the
     `context` and `parallel` blocks' MindSpore keys, the top-level MindSpore switches that are on, and a
@@ -303,6 +315,7 @@ def log_no_effect(config: MindFormerConfig) -> None:
         if isinstance(block, Mapping):
             keys += [f"{section}.{k}" for k in block if k not in used]
     keys += _top_level_no_effect(config)
+    keys += _model_config_no_effect(config)
     if config.get("remote_save_url"):
         keys.append(f"remote_save_url ({config.remote_save_url!r}: nothing is uploaded to ModelArts/OBS)")
     if keys:

@@ -194,6 +194,12 @@ def test_mindformers_1_5_0_llama3_1_yaml_runs_unmodified(
     assert len(no_effect) == 1
     for key in yaml.safe_load(source)["context"]:  # jit_config, memory_optimize_level, mempool_block_size, ...
         assert key in ("device_target", "device_id") or f"context.{key}" in no_effect[0]
+    from torchformers.models.llama import LlamaConfig
+
+    ascend_only = [k for k in LlamaConfig.no_effect_keys if k in yaml.safe_load(source)["model"]["model_config"]]
+    assert "use_flash_attention" in ascend_only and ("block_size" in ascend_only) == (run_mode == "predict")
+    for key in ascend_only:  # use_flash_attention, fine_grain_interleave, is_dynamic, block_size, num_blocks, ...
+        assert f"model.model_config.{key}" in no_effect[0]
 
 
 def predict_7b(tmp_path, monkeypatch) -> Path:
