@@ -6,7 +6,7 @@ random-weight checkpoint, as a user shrinking a run for a smoke test would pass 
 with pip into the asset cache once; the tests are skipped, with the reason, when that fails (offline).
 
 The launch of all 32 YAMLs is `slow` (about two minutes on two CPU cores); YAMLs of features not implemented
-(prefix tuning, P-Tuning v2, S-LoRA, quantization) are strict `xfail`: they must end with a one-line
+(S-LoRA, quantization) are strict `xfail`: they must end with a one-line
 refusal (exit status 2), not a traceback.
 The fast tests check MindFormers' semantics on `predict_llama2_7b.yaml`: `device_target: Ascend`, MindSpore-only
 context keys and the placeholder `remote_save_url` are accepted and logged once; `use_parallel` outside torchrun
@@ -33,10 +33,6 @@ MINDFORMERS = Package("mindformers==1.3.2", "wheel")
 YAML_DIR = "configs/llama2/"
 # Features not implemented yet: the test runs them and expects them to fail, so a fix shows up.
 OUT_OF_SCOPE = {
-    "finetune_llama2_7b_prefixtuning.yaml": "prefix tuning (pet_config.pet_type prefixtuning) is not implemented",
-    "predict_llama2_7b_prefixtuning.yaml": "prefix tuning (pet_config.pet_type prefixtuning) is not implemented",
-    "finetune_llama2_7b_ptuning2.yaml": "P-Tuning v2 (pet_config.pet_type ptuning2) is not implemented",
-    "predict_llama2_7b_ptuning2.yaml": "P-Tuning v2 (pet_config.pet_type ptuning2) is not implemented",
     "predict_llama2_13b_ptq.yaml": "post-training quantization (ParallelLlamaForCausalLM) is not implemented",
     "predict_llama2_13b_rtn.yaml": "RTN weight quantization (quantization_config) is not implemented",
     "predict_llama2_13b_smooth_quant.yaml": "SmoothQuant (quantization_config) is not implemented",
@@ -148,6 +144,64 @@ def test_mindformers_llama2_yaml_runs_unmodified(name, tmp_path, finetune_parque
         assert "I love Beijing, because" in (tmp_path / "text_generation_result.txt").read_text()
 
 
+LLAMA3_1_DIR = Path(__file__).parent / "mindformers_1_5_0" / "research" / "llama3_1"
+LLAMA3_VOCAB = 128256
+
+
+@pytest.fixture(scope="module")
+def tiny_llama3_weights(tmp_path_factory) -> Path:
+    """Random weights of the shrunk Llama 3.1 (its 128256-token vocabulary, MindFormers' names)."""
+    from torchformers.checkpoint import save_checkpoint
+    from torchformers.models.llama import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=LLAMA3_VOCAB, n_kv_heads=2, **SHRINK)
+    path = tmp_path_factory.mktemp("weights") / "llama3_1_tiny.safetensors"
+    save_checkpoint(LlamaForCausalLM(config).state_dict(), str(path))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.name for p in LLAMA3_1_DIR.glob("*.yaml")))
+def test_mindformers_1_5_0_llama3_1_yaml_runs_unmodified(
+    name, tmp_path, finetune_parquet, tiny_llama3_weights, monkeypatch, caplog, clean_register_env
+):
+    """MindFormers 1.5.0's research/llama3_1 YAMLs (kept unmodified as test data), with the repository's
+    research/llama3_1 as the register path (Llama3Tokenizer through `auto_register`) and the real Llama 3
+    tokenizer."""
+    from tests.trainer.conftest import REPO
+    from torchformers.cli import main
+    from torchformers.tools.assets import fetch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    source = (LLAMA3_1_DIR / name).read_bytes()
+    yaml_path = tmp_path / name
+    yaml_path.write_bytes(source)
+    out = tmp_path / "out"
+    argv = launch_argv(yaml_path, out, finetune_parquet, tiny_llama3_weights, fetch("llama3/tokenizer.model"))
+    if "processor" not in yaml.safe_load(source):  # the finetune YAMLs need no tokenizer
+        argv = [a for a in argv if not a.startswith("--processor.")]
+    argv += ["--register_path", str(REPO / "research" / "llama3_1"), f"--model.model_config.vocab_size={LLAMA3_VOCAB}"]
+    with caplog.at_level("INFO", logger="torchformers"):
+        assert main(argv) == 0
+    run_mode = run_mode_of(source)
+    if run_mode in ("train", "finetune"):
+        assert (out / "metrics.jsonl").is_file()
+    else:
+        assert "I love Beijing, because" in (tmp_path / "text_generation_result.txt").read_text()
+    no_effect = [m for m in caplog.messages if m.startswith("no effect on PyTorch")]
+    assert len(no_effect) == 1
+    for key in yaml.safe_load(source)["context"]:  # jit_config, memory_optimize_level, mempool_block_size, ...
+        assert key in ("device_target", "device_id") or f"context.{key}" in no_effect[0]
+    from torchformers.models.llama import LlamaConfig
+
+    ascend_only = [k for k in LlamaConfig.no_effect_keys if k in yaml.safe_load(source)["model"]["model_config"]]
+    assert "use_flash_attention" in ascend_only and ("block_size" in ascend_only) == (run_mode == "predict")
+    for key in ascend_only:  # use_flash_attention, fine_grain_interleave, is_dynamic, block_size, num_blocks, ...
+        assert f"model.model_config.{key}" in no_effect[0]
+
+
 def predict_7b(tmp_path, monkeypatch) -> Path:
     """MindFormers' predict_llama2_7b.yaml as it ships, in a fresh folder that is also the current one."""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -249,7 +303,7 @@ def test_missing_vocab_file_uses_the_local_folder(tmp_path, tiny_weights, monkey
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("predict_llama2_7b_prefixtuning.yaml", "pet_config.pet_type is 'prefixtuning'; only 'lora' is supported"),
+        ("predict_llama2_7b_slora.yaml", "pet_type is 'slora'; supported: 'lora', 'prefixtuning', 'ptuning2'"),
         ("predict_llama2_13b_rtn.yaml", "quantization_config (quant_method 'rtn') is not supported"),
     ],
 )

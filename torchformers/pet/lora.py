@@ -196,16 +196,20 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n.endswith((LORA_A, LORA_B))}
 
 
-def save_adapters(model: nn.Module, path: str | Path) -> Path:
-    """Write only the adapter weights (safetensors), the LoRA config in the file's metadata."""
+def save_adapters(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write only the adapter weights (safetensors: every `mindpet_delta_*` tensor, LoRA or prefix), the
+    pet config in the file's metadata. `state` gives them already gathered (a sharded model's full tensors)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path / ADAPTER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     config = getattr(model, "pet_config", None)
     metadata = {"pet_config": json.dumps(config.to_dict())} if config is not None else None
+    if state is None:
+        state = model.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items() if _is_adapter(k)}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(lora_state_dict(model), str(tmp), metadata=metadata)
+    save_file(state, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path
 
@@ -226,14 +230,15 @@ def load_adapters(model: nn.Module, path: str | Path) -> LoadReport:
     path = Path(path)
     if path.is_dir():
         path = path / ADAPTER_FILE
-    if not any(_is_adapter(n) for n, _ in model.named_parameters()):
-        raise ConfigError(f"load_adapters({path}): the model has no LoRA layers (apply pet_config first)")
+    if not any(_is_adapter(n) for n in model.state_dict()):
+        raise ConfigError(f"load_adapters({path}): the model has no adapters (apply pet_config first)")
     state = {k: v for k, v in _rename_old(read_weights(path)).items() if _is_adapter(k)}
     return load_state_into(model, state, source=str(path), only=_is_adapter)
 
 
 def _is_adapter(name: str) -> bool:
-    return name.endswith((LORA_A, LORA_B))
+    """A tensor a pet method adds (mindpet's `mindpet_delta_<method>` names: LoRA, prefix tuning, P-Tuning v2)."""
+    return "mindpet_delta_" in name
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
