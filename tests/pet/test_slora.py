@@ -23,7 +23,8 @@ from torchformers.pet.lora import LORA_A, LORA_B, LoRALinear
 from torchformers.pet.slora import SLoRALinear, get_slora_model
 
 TINY = {"vocab_size": 256, "num_layers": 2, "hidden_size": 64, "num_heads": 4, "n_kv_heads": 2,
-        "intermediate_size": 128, "seq_length": 64, "compute_dtype": "float32", "param_init_type": "float32"}  # fmt: skip
+        "intermediate_size": 128, "seq_length": 64,
+        "compute_dtype": "float32", "param_init_type": "float32"}  # fmt: skip
 # adapter name -> (rank, alpha, target modules, weights file)
 ADAPTERS = {
     "math": (4, 8.0, ["wq", "wv", "w2"], "adapter_model.ckpt"),

@@ -337,8 +337,10 @@ class GenerationMixin:
                     """One decode step through the cache: the tokens `(B,)` chosen at `step` -> logits `(B, vocab)`."""
                     slot = P + step
                     kv_valid[:, slot] = True
+                    # a row past its own limit keeps decoding (its tokens are dropped) at its last position,
+                    # so a shorter prompt beside it cannot push it past the model's positions
                     inputs = self.prepare_inputs_for_generation(
-                        next_token[:, None], position_ids=(lengths_t + step)[:, None],
+                        next_token[:, None], position_ids=torch.minimum(lengths_t + step, limits_t - 1)[:, None],
                         cache_position=slots[slot : slot + 1], attention_mask=kv_valid[:, None, None, :],
                     )  # fmt: skip
                     logits = decode(**inputs, kv_caches=state.kv_caches)
@@ -420,5 +422,7 @@ class GenerationMixin:
         valid = seqs >= 0
         ids = seqs.clamp(min=0).masked_fill(~valid, pad)
         positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        if self._max_positions():  # rows past their limit (their tokens are dropped) stay within the positions
+            positions = positions.clamp(max=self._max_positions() - 1)
         inputs = self.prepare_inputs_for_generation(ids, position_ids=positions, attention_mask=valid.long())
         return self(**inputs)[:, -1].float()
