@@ -1,4 +1,4 @@
-"""Parameter-efficient finetuning (MindFormers `mindformers/pet/`): LoRA."""
+"""Parameter-efficient finetuning (MindFormers `mindformers/pet/`): LoRA, S-LoRA."""
 
 from torchformers.pet.lora import (
     LoraConfig,
@@ -11,11 +11,14 @@ from torchformers.pet.lora import (
     merge_lora_state_dict,
     save_adapters,
 )
+from torchformers.pet.slora import SLoRALinear, get_slora_model
 
 __all__ = [
     "LoRALinear",
     "LoraConfig",
+    "SLoRALinear",
     "get_pet_model",
+    "get_slora_model",
     "is_lora_config",
     "load_adapters",
     "lora_state_dict",
