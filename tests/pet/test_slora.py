@@ -46,9 +46,9 @@ def lora_config(name: str) -> dict:
             "target_modules": "|".join(f".*{t}" for t in targets)}  # fmt: skip
 
 
-def trained_lora(name: str, seed: int) -> LlamaForCausalLM:
+def trained_lora(name: str, seed: int, alpha: float | None = None) -> LlamaForCausalLM:
     """The base model with adapter `name`, A and B random (as after finetuning)."""
-    model = get_pet_model(base_model(), lora_config(name))
+    model = get_pet_model(base_model(), {**lora_config(name), **({} if alpha is None else {"lora_alpha": alpha})})
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param_name, param in model.named_parameters():
@@ -168,3 +168,24 @@ def test_adapter_errors_name_what_to_pass(adapters, tmp_path):
     mapping.write_text(json.dumps({"bad": str(bad)}))
     with pytest.raises(CheckpointError, match="expected \\(r, in\\) and \\(out, r\\) with r = 8"):
         slora_model(mapping)
+
+
+def test_adapter_path_folder_and_rslora_scaling(adapters, tmp_path):
+    """MindFormers 1.5+: `adapter_path` is the folder holding lora_adapter.json; `use_rslora` scales by
+    lora_alpha / sqrt(r)."""
+    import shutil
+
+    folder = Path(json.loads(adapters.read_text())["math"])
+    shutil.copytree(folder, tmp_path / "math")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (tmp_path / "math" / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    (tmp_path / "lora_adapter.json").write_text(json.dumps({"math": "math"}))  # relative to the JSON's folder
+    model = get_slora_model(base_model(), {"pet_type": "slora", "adapter_path": str(tmp_path)})
+    rank, alpha = ADAPTERS["math"][:2]
+    # lora_alpha / sqrt(r) is what LoRA with lora_alpha * sqrt(r) / r computes
+    merged = merge_lora(trained_lora("math", 1, alpha=alpha * rank**0.5)).eval()
+    kwargs = {"max_new_tokens": 3, "do_sample": False, "eos_token_id": [], "return_dict_in_generate": True,
+              "output_logits": True}  # fmt: skip
+    out = model.generate(PROMPTS[:1], adapter_id="math", **kwargs)
+    ref = merged.generate(PROMPTS[:1], **kwargs)
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(ref.logits), atol=2e-5, rtol=1e-4)

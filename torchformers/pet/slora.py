@@ -3,10 +3,11 @@
 Follows MindFormers v1.3.2 (`mindformers/pet/models/slora.py`, `pet/tuners/slora_adapter.py`,
 `trainer/utils.py:load_slora_ckpt`, `docs/feature_cards/Text_Generator.md` "SLoRA推理"):
 
-- `pet_config: {pet_type: slora, adapter_path: lora_adapter.json}`; the JSON maps adapter names to
-  folders, `{"adapter1": "/path/to/adapter1", ...}`. Each folder holds `adapter_config.json` (PEFT's
-  keys: `r`, `lora_alpha`, `lora_dropout`, `target_modules`, a list of module names such as
-  `["wq", "wv"]`) and the adapter weights: MindFormers' `adapter_model.ckpt` (`<module>.lora_a`
+- `pet_config: {pet_type: slora, adapter_path: lora_adapter.json}` (MindFormers 1.5+: the folder
+  holding `lora_adapter.json`); the JSON maps adapter names to folders,
+  `{"adapter1": "/path/to/adapter1", ...}`. Each folder holds `adapter_config.json` (PEFT's keys: `r`,
+  `lora_alpha`, `lora_dropout`, `target_modules`, a list of module names such as `["wq", "wv"]`,
+  `use_rslora`) and the adapter weights: MindFormers' `adapter_model.ckpt` (`<module>.lora_a`
   `(r, in)`, `<module>.lora_b` `(out, r)`; the LoRA finetune names `<module>.mindpet_delta_lora_a/b`
   are read too) or `adapter_model.safetensors` (what `save_adapters` writes).
 - Every `nn.Linear` whose name `re.match`es `.*<module>` for a module of any adapter's
@@ -19,9 +20,10 @@ Follows MindFormers v1.3.2 (`mindformers/pet/models/slora.py`, `pet/tuners/slora
   (MindFormers' `ModelRunner`). `None`, or a name the JSON does not hold, runs the base model for that
   row with a warning, as in MindFormers.
 
-One difference: MindFormers scales every adapter by the first adapter's `lora_alpha` over the largest
-rank; here each adapter keeps its own `lora_alpha / r` (the scaling it was trained with), folded into
-its `lora_b` rows. The two agree when the adapters share `r` and `lora_alpha`.
+Each adapter keeps its own scaling, `lora_alpha / r` (`/ sqrt(r)` with `use_rslora`), folded into its
+`lora_b` rows, as MindFormers 1.5+ does (`trainer/utils.py:calculate_scaling`); MindFormers 1.3.2
+scaled every adapter by the first adapter's `lora_alpha` over the largest rank, which agrees when the
+adapters share `r` and `lora_alpha`.
 
 The base path stays one `F.linear`: with no adapter selected (all rows base, or outside `generate`)
 an `SLoRALinear` adds nothing; with adapters it gathers each row's A and B and adds two batched
@@ -31,6 +33,7 @@ matmuls of rank `r_max`.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,6 +50,7 @@ from torchformers.tools.logger import logger
 __all__ = ["AdapterRows", "SLoRALinear", "SLoraConfig", "get_slora_model", "is_slora_config", "read_adapter"]
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_JSON = "lora_adapter.json"  # the name MindFormers 1.5+ looks for in an adapter_path folder
 WEIGHT_FILES = ("adapter_model.ckpt", "adapter_model.safetensors")  # MindFormers' name first
 # suffixes of adapter weights: MindFormers' S-LoRA names, its LoRA finetune names, the old MindPet names
 _A_SUFFIXES = (".lora_a", ".mindpet_delta_lora_a", ".tk_delta_lora_a")
@@ -85,6 +89,7 @@ class AdapterConfig:
             raise ConfigError(f"{path}: r {raw['r']!r} and lora_alpha {raw['lora_alpha']!r} must be numbers") from None
         if self.rank < 1:
             raise ConfigError(f"{path}: r must be >= 1, got {raw['r']!r}")
+        self.use_rslora = bool(raw.get("use_rslora", False))
         targets = raw["target_modules"]
         if isinstance(targets, str):  # PEFT also allows one regex
             self.patterns = [targets]
@@ -100,7 +105,8 @@ class AdapterConfig:
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.rank
+        """`lora_alpha / r`, or `lora_alpha / sqrt(r)` with `use_rslora` (PEFT; MindFormers 1.5+)."""
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
 
 
 class SLoraConfig:
@@ -121,8 +127,13 @@ class SLoraConfig:
                 "LoRA folders"
             )
         path = Path(adapter_path)
+        if path.is_dir():  # MindFormers 1.5+: the folder holding lora_adapter.json
+            path = path / ADAPTER_JSON
         if not path.is_file():
-            raise ConfigError(f"{_KEY} {str(adapter_path)!r} is not a file; expected a JSON of adapter name -> folder")
+            raise ConfigError(
+                f"{_KEY} {str(adapter_path)!r}: no such file; expected a JSON of adapter name -> folder "
+                f"(or a folder holding {ADAPTER_JSON})"
+            )
         try:
             mapping = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
@@ -308,10 +319,10 @@ def get_slora_model(model: nn.Module, pet_config) -> nn.Module:
                 layer.lora_a[row, : adapter.rank] = a.to(layer.lora_a.dtype)
                 # the adapter's own scaling is folded into its B rows
                 layer.lora_b[row, :, : adapter.rank] = (b.float() * adapter.scaling).to(layer.lora_b.dtype)
-    if len({(a.rank, a.alpha) for a in config.adapters}) > 1:
+    if len({a.scaling for a in config.adapters}) > 1:
         logger.info(
-            "S-LoRA adapters differ in r / lora_alpha: each is scaled by its own lora_alpha / r "
-            "(MindFormers applies the first adapter's lora_alpha over the largest r to all)"
+            "S-LoRA adapters differ in lora_alpha / r: each is scaled by its own, as MindFormers 1.5+ "
+            "(MindFormers 1.3.2 applied the first adapter's lora_alpha over the largest r to all)"
         )
     model.slora_config = config
     generation_state(model).adapter_rows = rows
