@@ -24,6 +24,7 @@ from torchformers.pet.lora import (
 )
 from torchformers.pet.lora import get_pet_model as _apply_lora
 from torchformers.pet.prefix import PREFIX_PET_TYPES, PrefixConfig, apply_prefix, prefix_stem
+from torchformers.pet.slora import SLoRALinear, get_slora_model
 
 __all__ = [
     "PET_TYPES",
@@ -31,7 +32,9 @@ __all__ = [
     "LoRALinear",
     "LoraConfig",
     "PrefixConfig",
+    "SLoRALinear",
     "get_pet_model",
+    "get_slora_model",
     "is_lora_config",
     "is_pet_config",
     "load_adapters",

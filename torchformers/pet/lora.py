@@ -10,7 +10,9 @@ target_modules: '.*wq|.*wk|.*wv|.*wo'}` replaces every `nn.Linear` whose module 
 (`freeze_exclude` patterns stay trainable).
 
 Adapters save and load on their own (`save_adapters` / `load_adapters`: safetensors with the LoRA
-config in the metadata, loaded through the one weight loader `checkpoint.loader.load_state_into`);
+config in the metadata, loaded through the one weight loader `checkpoint.loader.load_state_into`;
+a folder also gets `adapter_config.json` with PEFT's `r`, `lora_alpha`, `lora_dropout` and
+`target_modules`, so it serves as an S-LoRA adapter, `pet/slora.py`);
 `merge_lora` folds `W + B A * scale` into plain `nn.Linear`s and
 `merge_lora_state_dict` does the same on checkpoint dicts without a model.
 """
@@ -211,6 +213,14 @@ def save_adapters(model: nn.Module, path: str | Path, state: dict[str, torch.Ten
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(path)
+    if config is not None:  # the folder also serves as an S-LoRA adapter (pet/slora.py)
+        targets = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, LoRALinear)})
+        adapter_config = {"r": config.lora_rank, "lora_alpha": config.lora_alpha,
+                          "lora_dropout": config.lora_dropout, "target_modules": targets}  # fmt: skip
+        config_path = path.with_name("adapter_config.json")
+        tmp = config_path.with_name(f".{config_path.name}.tmp")
+        tmp.write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(config_path)
     return path
 
 

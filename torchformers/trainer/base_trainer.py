@@ -38,6 +38,7 @@ from torchformers.parallel.checkpoint import full_model_state, is_distributed_mo
 from torchformers.parallel.parallelize import ParallelPlan, build_parallel_model
 from torchformers.parallel.strategy import write_strategy
 from torchformers.pet import PET_TYPES, PREFIX_PET_TYPES, get_pet_model, is_pet_config, pet_keys_in, save_adapters
+from torchformers.pet.slora import SLoraConfig, get_slora_model, is_slora_config
 from torchformers.pipeline import pipeline
 from torchformers.tools.logger import logger
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
@@ -91,6 +92,29 @@ def read_prompts(input_data) -> list[str]:
     if isinstance(input_data, Sequence) and all(isinstance(p, str) for p in input_data):
         return list(input_data)
     raise ConfigError(f"input_data must be a string, a list of strings or a file path, got {input_data!r}")
+
+
+def _adapter_ids_of(config, adapter_id, n_prompts: int) -> list | None:
+    """S-LoRA: the adapter of each prompt from `--adapter_id` (`config.adapter_id`) or `predict(adapter_id=...)`.
+
+    One name applies to every prompt (MindFormers); as many names as prompts pair them up, prompt by prompt.
+    Without S-LoRA there is nothing to choose (MindFormers ignores the flag then too); None keeps the base model
+    (with MindFormers' warning)."""
+    if not is_slora_config(config.get_value("model.model_config.pet_config")):
+        return None
+    if adapter_id is None:
+        adapter_id = config.get("adapter_id")
+    if adapter_id is None:
+        return None
+    names = [adapter_id] if isinstance(adapter_id, str) else list(adapter_id)
+    if len(names) == 1:
+        return names * n_prompts
+    if len(names) != n_prompts:
+        raise ConfigError(
+            f"--adapter_id has {len(names)} names for {n_prompts} prompts; give one name (every prompt) "
+            "or one per prompt"
+        )
+    return names
 
 
 def write_results(results: list, save_file: str | None) -> Path:
@@ -231,11 +255,22 @@ class BaseTrainer:
             raise ConfigError(f"{config.source_file}: the config has no 'model' section")
         pet_config = config.get_value("model.model_config.pet_config")
         pet = is_pet_config(pet_config)
-        if pet_config and not pet:
+        slora = is_slora_config(pet_config)
+        if slora and config.run_mode != "predict":
+            raise ConfigError(
+                f"{config.source_file}: model.model_config.pet_config.pet_type 'slora' serves several LoRA adapters "
+                f"in predict; run_mode is {config.run_mode!r} (finetune an adapter with pet_type 'lora')"
+            )
+        if slora:
+            try:  # a bad adapter_path stops the run before the model is built
+                pet_config = SLoraConfig.from_any(pet_config)
+            except ConfigError as err:
+                raise ConfigError(f"{config.source_file}: {err}") from None
+        if pet_config and not pet and not slora:
             pet_type = pet_config.get("pet_type") if isinstance(pet_config, Mapping) else pet_config
             raise ConfigError(
                 f"{config.source_file}: model.model_config.pet_config.pet_type is {pet_type!r}; "
-                f"supported: {', '.join(repr(t) for t in PET_TYPES)} (remove pet_config to run the base model)"
+                f"supported: {', '.join(repr(t) for t in (*PET_TYPES, 'slora'))} (remove pet_config to run the base model)"
             )
         quantization = config.get_value("model.model_config.quantization_config")
         if quantization:
@@ -268,6 +303,8 @@ class BaseTrainer:
                     "finetuned network checkpoint to use the trained ones)",
                     config.run_mode, model.pet_config.pet_type,
                 )  # fmt: skip
+        if slora:
+            get_slora_model(model, pet_config)  # after the base weights, as MindFormers' load_slora_ckpt
         device = getattr(config, "device", None)
         if device is not None:
             model.to(device)
@@ -525,6 +562,11 @@ class CausalLanguageModelingTrainer(BaseTrainer):
             # fp32 on CPU: weights prepacked for oneDNN, about 1.8x faster decoding (docs/performance_tuning.md);
             # any other model is returned as it is
             return prepare_for_cpu_inference(self.build_network(config))
+        if is_slora_config(config.get_value("model.model_config.pet_config")):
+            raise ConfigError(
+                f"{config.source_file}: pet_config.pet_type 'slora' runs as one process; "
+                "launch predict without torchrun (use_parallel with one process)"
+            )
         dims = parallel_dims_from_config(config)
         checkpoint = config.get("load_checkpoint") or None
         model, _ = build_parallel_model(config.model, dims, config.device, checkpoint=checkpoint,
@@ -541,9 +583,11 @@ class CausalLanguageModelingTrainer(BaseTrainer):
         if config.get_value("processor.apply_chat_template"):
             # each prompt becomes a user turn of the tokenizer's chat template
             prompts = [[{"role": "user", "content": p}] for p in prompts]
+        adapter_ids = _adapter_ids_of(config, kwargs.get("adapter_id"), len(prompts))
         results = []
         for start in range(0, len(prompts), batch_size):
-            results.extend(text_generator(prompts[start : start + batch_size], batch_size=batch_size))
+            extra = {} if adapter_ids is None else {"adapter_ids": adapter_ids[start : start + batch_size]}
+            results.extend(text_generator(prompts[start : start + batch_size], batch_size=batch_size, **extra))
         if get_rank() != 0:  # every rank generates the same text under tensor parallelism
             return results
         path = write_results(results, config.get("save_file"))

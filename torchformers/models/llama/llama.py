@@ -394,7 +394,7 @@ class LlamaForCausalLM(PretrainedModel):
             if kv_caches is None:
                 raise RuntimeError("forward_with_cache: no KV cache is set up (call setup_kv_cache first)")
         hidden = self.model(input_ids, None, position_ids, attention_mask, cache_position, kv_caches)  # (B, T, hidden)
-        with self.model.precision(hidden.device.type):
+        with self.model.precision(hidden.device.type):  # the head too, as in forward (weights in another dtype)
             return self.lm_head(hidden[:, -1]).float()
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs: Any) -> dict:
