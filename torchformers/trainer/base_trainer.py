@@ -270,7 +270,8 @@ class BaseTrainer:
             pet_type = pet_config.get("pet_type") if isinstance(pet_config, Mapping) else pet_config
             raise ConfigError(
                 f"{config.source_file}: model.model_config.pet_config.pet_type is {pet_type!r}; "
-                f"supported: {', '.join(repr(t) for t in (*PET_TYPES, 'slora'))} (remove pet_config to run the base model)"
+                f"supported: {', '.join(repr(t) for t in (*PET_TYPES, 'slora'))} "
+                "(remove pet_config to run the base model)"
             )
         quantization = config.get_value("model.model_config.quantization_config")
         if quantization:
