@@ -339,7 +339,6 @@ def test_missing_vocab_file_uses_the_local_folder(tmp_path, tiny_weights, monkey
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("predict_llama2_7b_slora.yaml", "pet_type is 'slora'; supported: 'lora', 'prefixtuning', 'ptuning2'"),
         ("predict_llama2_13b_rtn.yaml", "quantization_config (quant_method 'rtn') is not supported"),
     ],
 )

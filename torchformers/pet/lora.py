@@ -213,7 +213,7 @@ def save_adapters(model: nn.Module, path: str | Path, state: dict[str, torch.Ten
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(path)
-    if config is not None:  # the folder also serves as an S-LoRA adapter (pet/slora.py)
+    if isinstance(config, LoraConfig):  # a LoRA adapter folder also serves as an S-LoRA adapter (pet/slora.py)
         targets = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, LoRALinear)})
         adapter_config = {"r": config.lora_rank, "lora_alpha": config.lora_alpha,
                           "lora_dropout": config.lora_dropout, "target_modules": targets}  # fmt: skip
