@@ -31,6 +31,7 @@ from torch import nn
 
 from torchformers.checkpoint.loader import LoadReport, load_state_into, read_weights
 from torchformers.errors import ConfigError
+from torchformers.pet.freeze import freeze_all_but
 from torchformers.tools.logger import logger
 
 __all__ = [
@@ -177,16 +178,11 @@ def get_pet_model(model: nn.Module, pet_config) -> nn.Module:
             f"model_config.pet_config.target_modules {config.target_modules!r} matches no nn.Linear of "
             f"{type(model).__name__} (linear layers are named like {linears})"
         )
-    for name, param in model.named_parameters():
-        trainable = name.endswith((LORA_A, LORA_B))
-        if any(re.match(p, name) for p in config.freeze_exclude):
-            trainable = True
-        if any(re.match(p, name) for p in config.freeze_include):
-            trainable = False
-        param.requires_grad_(trainable)
+    trainable, total = freeze_all_but(
+        model, lambda name: name.endswith((LORA_A, LORA_B)), config.freeze_include, config.freeze_exclude,
+        lambda pattern, name: re.match(pattern, name) is not None,
+    )  # fmt: skip
     model.pet_config = config
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
     logger.info(
         "LoRA on %d linears (rank %d, alpha %g): %d of %d parameters train (%.2f%%)",
         len(replaced), config.lora_rank, config.lora_alpha, trainable, total, 100.0 * trainable / total,

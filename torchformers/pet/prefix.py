@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchformers.errors import ConfigError
+from torchformers.pet.freeze import freeze_all_but
 from torchformers.tools.logger import logger
 
 __all__ = ["PREFIX_PET_TYPES", "PrefixConfig", "apply_prefix", "prefix_stem"]
@@ -236,16 +237,10 @@ def apply_prefix(model: nn.Module, pet_config: Any) -> nn.Module:
 
     model._pet_prefix = prefix  # per layer (key, value) for a batch size: prefix(batch_size, training)
     model._pet_prefix_hook = decoder.register_forward_pre_hook(add_prefix, with_kwargs=True)
-    for name, param in model.named_parameters():
-        trainable = name.startswith(stem)
-        if any(_glob(p, name) for p in config.freeze_exclude):
-            trainable = True
-        if any(_glob(p, name) for p in config.freeze_include):
-            trainable = False
-        param.requires_grad_(trainable)
+    trainable, total = freeze_all_but(
+        model, lambda name: name.startswith(stem), config.freeze_include, config.freeze_exclude, _glob
+    )
     model.pet_config = config
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
     logger.info(
         "%s: %d prefix positions per layer; %d of %d parameters train (%.2f%%)",
         config.pet_type, config.length, trainable, total, 100.0 * trainable / total,
