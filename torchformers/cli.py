@@ -20,6 +20,7 @@ from torchformers.tools.logger import logger
 from torchformers.tools.register.build import build_trainer
 from torchformers.tools.register.config import MindFormerConfig, parse_value
 from torchformers.tools.register.paths import REPO_ROOT, import_register_path, resolve_path, use_register_path
+from torchformers.tools.register.register import MindFormerModuleType, MindFormerRegister
 from torchformers.tools.register.template import RUN_MODES, check_strict_sections
 from torchformers.utils import str2bool
 
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--remote_save_url", type=str, help="ModelArts/OBS upload URL: accepted, no effect (logged); see output_dir")
     add("--seed", type=int, help="global random seed")
     add("--use_parallel", type=str2bool, help="run distributed under torchrun with parallel_config (true/false)")
-    add("--profile", type=str2bool, help="profile the run with torch.profiler (true/false)")
+    add("--profile", type=str2bool, help="MindSpore profiler switch: accepted, no effect (logged)")
     add("--options", nargs="+", action=ActionDict, help="key.sub=value pairs merged into the config")
     add("--epochs", type=int, help="training epochs (runner_config.epochs)")
     add("--batch_size", type=int, help="per-data-parallel-rank batch size (runner_config.batch_size)")
@@ -273,13 +274,57 @@ def config_from_args(argv: Sequence[str] | None = None) -> MindFormerConfig:
 _KEYS_USED = {"context": ("device_target", "device_id"), "parallel": ("enable_parallel_optimizer",)}
 
 
+# MindSpore-only top-level switches, each with the keys that only matter when it is on: MindData's dataset
+# autotuning, the MindSpore profiler, layer-wise learning-rate decay and batch-size LR scaling, and the
+# Ascend CANN / precision-sync options. At their inert values they ask for nothing, in MindFormers either;
+# a switch that is on is named in the no-effect line together with its companions.
+_TOP_LEVEL_SWITCHES = {
+    "auto_tune": ("filepath_prefix", "autotune_per_step"),
+    "profile": (
+        "profile_start_step", "profile_stop_step", "init_start_profile", "profile_communication", "profile_memory",
+        "profile_rank_ids", "profile_pipeline", "profile_level", "mstx",
+    ),
+    "layer_scale": ("layer_decay",),
+    "lr_scale": ("lr_scale_factor",),
+    "exclude_cann_cpu": (),
+    "train_precision_sync": (),
+    "infer_precision_sync": (),
+}  # fmt: skip
+
+
+def _top_level_no_effect(config: MindFormerConfig) -> list[str]:
+    keys = []
+    for switch, companions in _TOP_LEVEL_SWITCHES.items():
+        if config.get(switch):
+            keys.append(f"{switch} ({config.get(switch)!r})")
+            keys += [k for k in companions if k in config]
+    if (config.get("micro_batch_interleave_num") or 1) > 1:  # MindSpore's interleaved micro-batches (model parallel)
+        keys.append(f"micro_batch_interleave_num ({config.micro_batch_interleave_num!r})")
+    return keys
+
+
+def _model_config_no_effect(config: MindFormerConfig) -> list[str]:
+    """`model.model_config` keys the YAML sets that its config class lists as Ascend-only (`no_effect_keys`)."""
+    model_config = config.get_value("model.model_config")
+    if not isinstance(model_config, Mapping) or not isinstance(model_config.get("type"), str):
+        return []
+    if not MindFormerRegister.is_exist(MindFormerModuleType.CONFIG, model_config["type"]):
+        return []
+    cls = MindFormerRegister.get_cls(MindFormerModuleType.CONFIG, model_config["type"])
+    return [f"model.model_config.{k}" for k in getattr(cls, "no_effect_keys", ()) if k in model_config]
+
+
 def log_no_effect(config: MindFormerConfig) -> None:
-    """One log line naming the keys MindFormers gives a meaning that PyTorch has no counterpart for."""
+    """One log line naming the keys MindFormers gives a meaning that PyTorch has no counterpart for: the
+    `context` and `parallel` blocks' MindSpore keys, the top-level MindSpore switches that are on, and a
+    `remote_save_url`."""
     keys = []
     for section, used in _KEYS_USED.items():
         block = config.get(section)
         if isinstance(block, Mapping):
             keys += [f"{section}.{k}" for k in block if k not in used]
+    keys += _top_level_no_effect(config)
+    keys += _model_config_no_effect(config)
     if config.get("remote_save_url"):
         keys.append(f"remote_save_url ({config.remote_save_url!r}: nothing is uploaded to ModelArts/OBS)")
     if keys:
@@ -290,8 +335,9 @@ def single_process_notice(config: MindFormerConfig) -> None:
     """`use_parallel: True` outside torchrun: run as one process and say how to launch it distributed."""
     if config.get("use_parallel") and "WORLD_SIZE" not in os.environ:
         logger.info(
-            "use_parallel is True but this is not a distributed launch (WORLD_SIZE unset): running as one process; "
-            "launch with `torchrun --nproc_per_node N run_mindformer.py ...` to run distributed"
+            "use_parallel is %r but this is not a distributed launch (WORLD_SIZE unset): running as one process; "
+            "launch with `torchrun --nproc_per_node N run_mindformer.py ...` to run distributed",
+            config.use_parallel,  # a YAML's `use_parallel: Flase` is a true string, as in MindFormers
         )
         config.use_parallel = False
 

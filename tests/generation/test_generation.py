@@ -101,6 +101,16 @@ def test_length_limits():
         model.generate([[5]], max_new_token=3)
 
 
+@pytest.mark.parametrize("use_past", [True, False])
+def test_prompts_of_different_lengths_up_to_the_models_positions(use_past):
+    # max_length = seq_length: the longer row reaches its limit while the shorter one still decodes
+    model = tiny_model()
+    prompts = [[5, 6], [5, 6, 7, 8, 9, 10, 11, 12]]
+    kw = {"max_length": 128, "do_sample": False, "eos_token_id": [], "use_past": use_past}
+    out = model.generate(prompts, **kw)
+    assert [o.tolist() for o in out] == [model.generate([p], **kw)[0].tolist() for p in prompts]
+
+
 def test_sampling_is_seeded_and_top_k_1_is_greedy():
     model = tiny_model()
     kw = dict(max_new_tokens=16, do_sample=True, eos_token_id=[], top_k=0, temperature=1.5)

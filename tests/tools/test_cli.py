@@ -139,6 +139,25 @@ def test_remote_save_url_is_accepted_and_logged_as_without_effect(yaml_path, cap
     assert "remote_save_url ('obs://bucket/run': nothing is uploaded to ModelArts/OBS)" in caplog.messages[0]
 
 
+def test_mindspore_only_switches_that_are_on_are_logged_as_without_effect(yaml_path, caplog):
+    from torchformers.cli import log_no_effect
+
+    inert = config_from_args(["--config", str(yaml_path)])  # the template's defaults: every switch off
+    switched = config_from_args(
+        ["--config", str(yaml_path), "--profile", "true", "--auto_tune=True", "--layer_scale=True",
+         "--micro_batch_interleave_num=2"]
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="torchformers"):
+        log_no_effect(inert)
+        assert not [m for m in caplog.messages if "profile" in m or "auto_tune" in m]
+        log_no_effect(switched)
+    line = caplog.messages[-1]
+    for key in ("profile (True)", "profile_start_step", "profile_memory", "auto_tune (True)",
+                "layer_scale (True)", "layer_decay", "micro_batch_interleave_num (2)"):  # fmt: skip
+        assert key in line
+    assert "lr_scale_factor" not in line  # lr_scale is off
+
+
 def test_relative_config_resolves_against_cwd_then_repo_root(tmp_path, monkeypatch, yaml_path):
     monkeypatch.chdir(tmp_path)
     assert config_from_args(["--config", "task.yaml"]).run_mode == "train"

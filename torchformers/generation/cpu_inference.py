@@ -61,8 +61,13 @@ class PackedLinear(nn.Module):
 
 
 def can_prepack(model: nn.Module) -> bool:
-    """True when every parameter is an fp32 CPU tensor and this PyTorch has oneDNN."""
+    """True when every parameter is an fp32 CPU tensor, the model computes in fp32 (weights stored in fp32
+    but computed in bf16/fp16 reach the linears as bf16/fp16 under autocast, which the packed fp32 kernel
+    does not take) and this PyTorch has oneDNN."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    compute_dtype = getattr(getattr(model, "config", None), "compute_dtype", None)
+    if isinstance(compute_dtype, torch.dtype) and compute_dtype != torch.float32:
         return False
     params = list(model.parameters())
     return bool(params) and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)

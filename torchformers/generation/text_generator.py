@@ -20,6 +20,9 @@ beam each row continues, so the decode step (compiled or not) keeps its buffers.
 
 What generation keeps between calls (the caches, the shape they were made for, the compiled decode
 step) lives in a `GenerationState` held per model outside it, so the model holds its weights only.
+A model with S-LoRA adapters (`pet_type: slora`) also has its adapter selector there: `adapter_id=`
+(one adapter name for every row, MindFormers' `generate`) or `adapter_ids=` (one name or None per row,
+MindFormers' `ModelRunner`) choose the adapter of each row for the duration of the call.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ class GenerationState:
     kv_caches: list[Any] | None = None  # one cache per layer, allocated by the model's setup_kv_cache
     kv_cache_shape: tuple[int, int] | None = None  # (batch, slots) the caches were allocated for
     compiled_decode: Callable | None = None  # torch.compile of the model class's forward_with_cache
+    # S-LoRA (pet.slora.AdapterRows): `select(adapter_ids, batch_size, device)` picks each row's adapter,
+    # `clear()` returns to the base model; set by `get_slora_model`
+    adapter_rows: Any = None
 
 
 # Weak keys: the state goes with its model. No value refers to the model (the compiled step is of the
@@ -134,6 +140,24 @@ def _num_beams(cfg: GenerationConfig, streamer: Any) -> int:
     if streamer is not None:
         raise ConfigError(f"generate: a streamer cannot follow beam search (num_beams={num_beams})")
     return int(num_beams)
+
+
+def _adapter_ids(adapter_id: Any, adapter_ids: Any, adapter_rows: Any) -> list | None:
+    """`adapter_id` (one name for all rows) or `adapter_ids` (one per row) as a list, or None."""
+    if adapter_id is None and adapter_ids is None:
+        return None
+    if adapter_rows is None:
+        raise ConfigError(
+            "generate: adapter_id / adapter_ids choose S-LoRA adapters, but this model has none "
+            "(model_config.pet_config with pet_type: slora loads them)"
+        )
+    if adapter_id is not None and adapter_ids is not None:
+        raise ConfigError("generate: give adapter_id (one adapter, every row) or adapter_ids (one per row), not both")
+    if adapter_id is not None:
+        return [adapter_id]
+    if isinstance(adapter_ids, str):
+        raise ConfigError(f"generate: adapter_ids is a list with one adapter name per row, got {adapter_ids!r}")
+    return list(adapter_ids)
 
 
 class GenerationMixin:
@@ -201,9 +225,14 @@ class GenerationMixin:
             logits_processor: extra processors applied after the built-in ones.
             streamer: a `TextStreamer`/`TextIteratorStreamer` (batch of one prompt only).
             seed: seeds the sampling generator.
+            adapter_id / adapter_ids (keyword): with S-LoRA adapters loaded (`pet_type: slora`), the
+                adapter name for every row, or a list of one name (or None, the base model) per row.
         """
         cfg = copy.deepcopy(generation_config or getattr(self, "generation_config", None) or GenerationConfig())
         attention_mask = kwargs.pop("attention_mask", None)
+        adapter_rows = generation_state(self).adapter_rows
+        adapter_id = kwargs.pop("adapter_id", None)
+        adapter_ids = _adapter_ids(adapter_id, kwargs.pop("adapter_ids", None), adapter_rows)
         unused = cfg.update(**kwargs)
         if unused:
             raise TypeError(f"generate: unknown arguments {sorted(unused)}")
@@ -275,6 +304,12 @@ class GenerationMixin:
         if streamer is not None:
             streamer.put(torch.tensor(prompts[0]))
 
+        if adapter_rows is not None:
+            if adapter_id is not None:
+                adapter_ids = adapter_ids * len(prompts)  # adapter_id: the same adapter for every row
+            if adapter_ids is not None and num_beams > 1:
+                adapter_ids = [a for a in adapter_ids for _ in range(num_beams)]
+            adapter_rows.select(adapter_ids, B, device)
         was_training = self.training
         self.eval()
         try:
@@ -302,8 +337,10 @@ class GenerationMixin:
                     """One decode step through the cache: the tokens `(B,)` chosen at `step` -> logits `(B, vocab)`."""
                     slot = P + step
                     kv_valid[:, slot] = True
+                    # a row past its own limit keeps decoding (its tokens are dropped) at its last position,
+                    # so a shorter prompt beside it cannot push it past the model's positions
                     inputs = self.prepare_inputs_for_generation(
-                        next_token[:, None], position_ids=(lengths_t + step)[:, None],
+                        next_token[:, None], position_ids=torch.minimum(lengths_t + step, limits_t - 1)[:, None],
                         cache_position=slots[slot : slot + 1], attention_mask=kv_valid[:, None, None, :],
                     )  # fmt: skip
                     logits = decode(**inputs, kv_caches=state.kv_caches)
@@ -350,6 +387,8 @@ class GenerationMixin:
                 else:
                     logits = self._full_step(seqs[:, : P + step + 1], pad)
         finally:
+            if adapter_rows is not None:
+                adapter_rows.clear()
             if cfg.use_past and not cfg.compile_decode:
                 self.clear_kv_cache()  # free the memory; a compiled step keeps its cache for the next call
             self.train(was_training)
@@ -382,5 +421,7 @@ class GenerationMixin:
         valid = seqs >= 0
         ids = seqs.clamp(min=0).masked_fill(~valid, pad)
         positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        if self._max_positions():  # rows past their limit (their tokens are dropped) stay within the positions
+            positions = positions.clamp(max=self._max_positions() - 1)
         inputs = self.prepare_inputs_for_generation(ids, position_ids=positions, attention_mask=valid.long())
         return self(**inputs)[:, -1].float()

@@ -10,7 +10,9 @@ target_modules: '.*wq|.*wk|.*wv|.*wo'}` replaces every `nn.Linear` whose module 
 (`freeze_exclude` patterns stay trainable).
 
 Adapters save and load on their own (`save_adapters` / `load_adapters`: safetensors with the LoRA
-config in the metadata, loaded through the one weight loader `checkpoint.loader.load_state_into`);
+config in the metadata, loaded through the one weight loader `checkpoint.loader.load_state_into`;
+a folder also gets `adapter_config.json` with PEFT's `r`, `lora_alpha`, `lora_dropout` and
+`target_modules`, so it serves as an S-LoRA adapter, `pet/slora.py`);
 `merge_lora` folds `W + B A * scale` into plain `nn.Linear`s and
 `merge_lora_state_dict` does the same on checkpoint dicts without a model.
 """
@@ -29,6 +31,7 @@ from torch import nn
 
 from torchformers.checkpoint.loader import LoadReport, load_state_into, read_weights
 from torchformers.errors import ConfigError
+from torchformers.pet.freeze import freeze_all_but
 from torchformers.tools.logger import logger
 
 __all__ = [
@@ -175,16 +178,11 @@ def get_pet_model(model: nn.Module, pet_config) -> nn.Module:
             f"model_config.pet_config.target_modules {config.target_modules!r} matches no nn.Linear of "
             f"{type(model).__name__} (linear layers are named like {linears})"
         )
-    for name, param in model.named_parameters():
-        trainable = name.endswith((LORA_A, LORA_B))
-        if any(re.match(p, name) for p in config.freeze_exclude):
-            trainable = True
-        if any(re.match(p, name) for p in config.freeze_include):
-            trainable = False
-        param.requires_grad_(trainable)
+    trainable, total = freeze_all_but(
+        model, lambda name: name.endswith((LORA_A, LORA_B)), config.freeze_include, config.freeze_exclude,
+        lambda pattern, name: re.match(pattern, name) is not None,
+    )  # fmt: skip
     model.pet_config = config
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
     logger.info(
         "LoRA on %d linears (rank %d, alpha %g): %d of %d parameters train (%.2f%%)",
         len(replaced), config.lora_rank, config.lora_alpha, trainable, total, 100.0 * trainable / total,
@@ -196,17 +194,29 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n.endswith((LORA_A, LORA_B))}
 
 
-def save_adapters(model: nn.Module, path: str | Path) -> Path:
-    """Write only the adapter weights (safetensors), the LoRA config in the file's metadata."""
+def save_adapters(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write only the adapter weights (safetensors: every `mindpet_delta_*` tensor, LoRA or prefix), the
+    pet config in the file's metadata. `state` gives them already gathered (a sharded model's full tensors)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path / ADAPTER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     config = getattr(model, "pet_config", None)
     metadata = {"pet_config": json.dumps(config.to_dict())} if config is not None else None
+    if state is None:
+        state = model.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items() if _is_adapter(k)}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(lora_state_dict(model), str(tmp), metadata=metadata)
+    save_file(state, str(tmp), metadata=metadata)
     tmp.replace(path)
+    if isinstance(config, LoraConfig):  # a LoRA adapter folder also serves as an S-LoRA adapter (pet/slora.py)
+        targets = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, LoRALinear)})
+        adapter_config = {"r": config.lora_rank, "lora_alpha": config.lora_alpha,
+                          "lora_dropout": config.lora_dropout, "target_modules": targets}  # fmt: skip
+        config_path = path.with_name("adapter_config.json")
+        tmp = config_path.with_name(f".{config_path.name}.tmp")
+        tmp.write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(config_path)
     return path
 
 
@@ -226,14 +236,15 @@ def load_adapters(model: nn.Module, path: str | Path) -> LoadReport:
     path = Path(path)
     if path.is_dir():
         path = path / ADAPTER_FILE
-    if not any(_is_adapter(n) for n, _ in model.named_parameters()):
-        raise ConfigError(f"load_adapters({path}): the model has no LoRA layers (apply pet_config first)")
+    if not any(_is_adapter(n) for n in model.state_dict()):
+        raise ConfigError(f"load_adapters({path}): the model has no adapters (apply pet_config first)")
     state = {k: v for k, v in _rename_old(read_weights(path)).items() if _is_adapter(k)}
     return load_state_into(model, state, source=str(path), only=_is_adapter)
 
 
 def _is_adapter(name: str) -> bool:
-    return name.endswith((LORA_A, LORA_B))
+    """A tensor a pet method adds (mindpet's `mindpet_delta_<method>` names: LoRA, prefix tuning, P-Tuning v2)."""
+    return "mindpet_delta_" in name
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -2,7 +2,8 @@
 
 preprocess: tokenize each text (chat messages go through the tokenizer's chat template);
 forward: `model.generate(ids, **generate_kwargs)`; postprocess: decode prompt + completion with
-`skip_special_tokens=True`. Returns one `{'text_generation_text': [text]}` per input.
+`skip_special_tokens=True`. Returns one `{'text_generation_text': [text]}` per input. With S-LoRA
+adapters, `adapter_id="name"` applies one adapter to every input and `adapter_ids=[...]` one per input.
 """
 
 from __future__ import annotations
@@ -45,9 +46,14 @@ class TextGenerationPipeline:
         kwargs = {**self.generate_defaults, **generate_kwargs}
         if getattr(self.tokenizer, "pad_token_id", None) is not None:
             kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        adapter_ids = kwargs.pop("adapter_ids", None)  # S-LoRA: one adapter name per input
+        if adapter_ids is not None and len(adapter_ids) != len(items):
+            raise ValueError(f"text_generation pipeline: {len(adapter_ids)} adapter_ids for {len(items)} inputs")
         results = []
         for start in range(0, len(items), batch_size):
             ids = [self.preprocess(text) for text in items[start : start + batch_size]]
+            if adapter_ids is not None:
+                kwargs["adapter_ids"] = list(adapter_ids[start : start + batch_size])
             sequences = self.model.generate(ids, **kwargs)
             for seq in sequences:
                 text = self.tokenizer.decode(list(map(int, seq)), skip_special_tokens=True)

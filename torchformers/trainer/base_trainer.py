@@ -8,11 +8,11 @@ batch_size=...)` (MindFormers `mindformers/trainer/base_trainer.py` and
 
 `training_process` follows MindFormers' order, one named step each: the resume point (a train state),
 data set, network (`_training_network`: sharded on the meta device from weights, from `load_checkpoint`,
-or bare for a resume; LoRA from `model_config.pet_config`), parallelism and activation checkpointing
-(`_parallelise`), optimizer with weight-decay groups and the LR schedule (`total_steps: -1` from the
-data), `runner_wrapper`, callbacks, the loop (`train_loop.py`), then the LoRA adapters. Weights load
-through the one loader, `torchformers.checkpoint.loader`. `runner_config.batch_size` is the per-rank micro-batch;
-`gradient_accumulation_steps` micro-batches make one optimizer step.
+or bare for a resume; LoRA, prefix tuning or P-Tuning v2 from `model_config.pet_config`), parallelism and
+activation checkpointing (`_parallelise`), optimizer with weight-decay groups and the LR schedule
+(`total_steps: -1` from the data), `runner_wrapper`, callbacks, the loop (`train_loop.py`), then the pet
+adapters. Weights load through the one loader, `torchformers.checkpoint.loader`. `runner_config.batch_size`
+is the per-rank micro-batch; `gradient_accumulation_steps` micro-batches make one optimizer step.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from torchformers.generation import prepare_for_cpu_inference
 from torchformers.generation.quantization import quantization_of_file, quantization_settings, quantize_model
 from torchformers.parallel import parallel_dims_from_config, parallelize_model
 from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
+from torchformers.parallel.checkpoint import full_model_state, is_distributed_model
 from torchformers.parallel.parallelize import ParallelPlan, build_parallel_model
 from torchformers.parallel.strategy import write_strategy
-from torchformers.pet import get_pet_model, is_lora_config, save_adapters
-from torchformers.pet.lora import LORA_A
+from torchformers.pet import PET_TYPES, PREFIX_PET_TYPES, get_pet_model, is_pet_config, pet_keys_in, save_adapters
+from torchformers.pet.slora import SLoraConfig, get_slora_model, is_slora_config
 from torchformers.pipeline import pipeline
 from torchformers.tools.logger import logger
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
@@ -94,6 +95,29 @@ def read_prompts(input_data) -> list[str]:
     raise ConfigError(f"input_data must be a string, a list of strings or a file path, got {input_data!r}")
 
 
+def _adapter_ids_of(config, adapter_id, n_prompts: int) -> list | None:
+    """S-LoRA: the adapter of each prompt from `--adapter_id` (`config.adapter_id`) or `predict(adapter_id=...)`.
+
+    One name applies to every prompt (MindFormers); as many names as prompts pair them up, prompt by prompt.
+    Without S-LoRA there is nothing to choose (MindFormers ignores the flag then too); None keeps the base model
+    (with MindFormers' warning)."""
+    if not is_slora_config(config.get_value("model.model_config.pet_config")):
+        return None
+    if adapter_id is None:
+        adapter_id = config.get("adapter_id")
+    if adapter_id is None:
+        return None
+    names = [adapter_id] if isinstance(adapter_id, str) else list(adapter_id)
+    if len(names) == 1:
+        return names * n_prompts
+    if len(names) != n_prompts:
+        raise ConfigError(
+            f"--adapter_id has {len(names)} names for {n_prompts} prompts; give one name (every prompt) "
+            "or one per prompt"
+        )
+    return names
+
+
 def write_results(results: list, save_file: str | None) -> Path:
     """Write predict results as MindFormers does (`str(list)`), atomically; returns the path."""
     path = Path(save_file or "text_generation_result.txt")
@@ -146,8 +170,9 @@ def _parallel_dims(config):
 
 
 def _weights_fill_meta_model(config, weights) -> bool:
-    """Full weights (not a train state, no LoRA to wrap first) can fill a model built sharded on the meta device."""
-    return not is_lora_config(config.get_value("model.model_config.pet_config")) and not is_train_state_file(weights)
+    """Full weights (not a train state, no pet method to apply first) can fill a model built sharded on the meta
+    device."""
+    return not is_pet_config(config.get_value("model.model_config.pet_config")) and not is_train_state_file(weights)
 
 
 def _compute_dtype(network: nn.Module) -> torch.dtype | None:
@@ -244,12 +269,24 @@ class BaseTrainer:
         if not isinstance(config.get("model"), Mapping):
             raise ConfigError(f"{config.source_file}: the config has no 'model' section")
         pet_config = config.get_value("model.model_config.pet_config")
-        lora = is_lora_config(pet_config)
-        if pet_config and not lora:
+        pet = is_pet_config(pet_config)
+        slora = is_slora_config(pet_config)
+        if slora and config.run_mode != "predict":
+            raise ConfigError(
+                f"{config.source_file}: model.model_config.pet_config.pet_type 'slora' serves several LoRA adapters "
+                f"in predict; run_mode is {config.run_mode!r} (finetune an adapter with pet_type 'lora')"
+            )
+        if slora:
+            try:  # a bad adapter_path stops the run before the model is built
+                pet_config = SLoraConfig.from_any(pet_config)
+            except ConfigError as err:
+                raise ConfigError(f"{config.source_file}: {err}") from None
+        if pet_config and not pet and not slora:
             pet_type = pet_config.get("pet_type") if isinstance(pet_config, Mapping) else pet_config
             raise ConfigError(
                 f"{config.source_file}: model.model_config.pet_config.pet_type is {pet_type!r}; "
-                "only 'lora' is supported (remove pet_config to run the base model)"
+                f"supported: {', '.join(repr(t) for t in (*PET_TYPES, 'slora'))} "
+                "(remove pet_config to run the base model)"
             )
         quantization = _quantization(config, training=config.run_mode in ("train", "finetune"))
         model = build_model(config.model)
@@ -266,17 +303,25 @@ class BaseTrainer:
                 quantize_model(model, stored)
             if strategy or is_train_state_file(checkpoint) or weights_file.suffix in (".safetensors", ".ckpt"):
                 state = weights_of_train_state(read_weights(checkpoint, src_strategy=strategy))
-                if lora and any(k.endswith(LORA_A) for k in state):
+                if pet and pet_keys_in(state, pet_config):
                     get_pet_model(model, pet_config)  # adapters are in the file: wrap first, then load all
-                    lora = False
+                    pet = False
                 load_state_into(model, state, source=str(checkpoint))
             else:
                 load_weights(model, checkpoint)
             logger.info("loaded checkpoint %s", checkpoint)
         elif config.run_mode in ("finetune", "eval", "predict"):
             logger.warning("no checkpoint given (load_checkpoint): the model has random weights")
-        if lora:
+        if pet:
             get_pet_model(model, pet_config)
+            if checkpoint and config.run_mode in ("eval", "predict"):
+                logger.warning(
+                    "%s: the checkpoint holds no %s weights; they start from their initialisation (load the "
+                    "finetuned network checkpoint to use the trained ones)",
+                    config.run_mode, model.pet_config.pet_type,
+                )  # fmt: skip
+        if slora:
+            get_slora_model(model, pet_config)  # after the base weights, as MindFormers' load_slora_ckpt
         if quantization is not None:
             quantize_model(model, quantization)
         device = getattr(config, "device", None)
@@ -330,7 +375,7 @@ class BaseTrainer:
         """Train as the config says; returns the loop's final `RunContext`.
 
         The steps, in MindFormers' order: resume point, data, network, parallelism, optimizer and LR
-        schedule, train-step wrapper, callbacks, the loop, then the LoRA adapters.
+        schedule, train-step wrapper, callbacks, the loop, then the pet adapters.
         """
         _quantization(config, training=True)  # refused before any data is read
         device = getattr(config, "device", None) or torch.device("cpu")
@@ -372,8 +417,7 @@ class BaseTrainer:
         loop.model = network  # train states hold the bare model's names
         ctx = loop.run(resume_path)
         self.network, self.optimizer, self.loop = network, optimizer, loop
-        if rank == 0:
-            self._save_adapters(network, output_dir)
+        self._save_adapters(network, output_dir, rank)
         logger.info("training finished at global step %d, loss %.4f", ctx.global_step, ctx.loss)
         return ctx
 
@@ -423,6 +467,12 @@ class BaseTrainer:
         """`(model to train, plan, data-parallel size)`: TP -> recompute -> FSDP2 (and the pipeline stage)
         from `parallel_config`, or plain DDP for a process group without `use_parallel`."""
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        pet_type = getattr(getattr(network, "pet_config", None), "pet_type", None)
+        if dims is not None and pet_type in PREFIX_PET_TYPES and (dims.tp > 1 or dims.pp > 1):
+            raise ConfigError(
+                f"pet_config.pet_type {pet_type} runs data parallel only; parallel_config has model_parallel "
+                f"{dims.tp} and pipeline_stage {dims.pp} (expected 1 each: the prefix holds every head of every layer)"
+            )
         if dims is not None:
             if plan is None:
                 plan = parallelize_model(network, dims, device, recompute=recompute)
@@ -482,18 +532,24 @@ class BaseTrainer:
         return cbs
 
     @staticmethod
-    def _save_adapters(network: nn.Module, output_dir: str) -> None:
-        """A LoRA run also writes its adapters alone, to `<output_dir>/adapter/`."""
-        if getattr(network, "pet_config", None) is not None:
-            path = save_adapters(network, Path(output_dir) / "adapter")
-            logger.info("LoRA adapters saved to %s", path)
+    def _save_adapters(network: nn.Module, output_dir: str, rank: int = 0) -> None:
+        """A pet run (LoRA, prefix tuning, P-Tuning v2) also writes its adapters alone, to `<output_dir>/adapter/`,
+        from rank 0; a sharded model's adapters are gathered first (every rank takes part)."""
+        if getattr(network, "pet_config", None) is None:
+            return
+        state = None
+        if is_distributed_model(network):
+            state = {k: v for k, v in full_model_state(network).items() if "mindpet_delta_" in k}
+        if rank == 0:
+            path = save_adapters(network, Path(output_dir) / "adapter", state=state)
+            logger.info("%s adapters saved to %s", network.pet_config.pet_type, path)
 
     def _bare(self, config):
         """The network without loading `load_checkpoint` (its weights come from the resume train state)."""
 
         model = build_model(config.model)
         pet_config = config.get_value("model.model_config.pet_config")
-        if is_lora_config(pet_config):
+        if is_pet_config(pet_config):
             get_pet_model(model, pet_config)
         return model
 
@@ -531,6 +587,11 @@ class CausalLanguageModelingTrainer(BaseTrainer):
                 f"{config.source_file}: model.model_config.quantization_config with use_parallel under torchrun: "
                 "quantized layers are not sharded; run predict as one process (--use_parallel False)"
             )
+        if is_slora_config(config.get_value("model.model_config.pet_config")):
+            raise ConfigError(
+                f"{config.source_file}: pet_config.pet_type 'slora' runs as one process; "
+                "launch predict without torchrun (use_parallel with one process)"
+            )
         dims = parallel_dims_from_config(config)
         checkpoint = config.get("load_checkpoint") or None
         model, _ = build_parallel_model(config.model, dims, config.device, checkpoint=checkpoint,
@@ -547,9 +608,11 @@ class CausalLanguageModelingTrainer(BaseTrainer):
         if config.get_value("processor.apply_chat_template"):
             # each prompt becomes a user turn of the tokenizer's chat template
             prompts = [[{"role": "user", "content": p}] for p in prompts]
+        adapter_ids = _adapter_ids_of(config, kwargs.get("adapter_id"), len(prompts))
         results = []
         for start in range(0, len(prompts), batch_size):
-            results.extend(text_generator(prompts[start : start + batch_size], batch_size=batch_size))
+            extra = {} if adapter_ids is None else {"adapter_ids": adapter_ids[start : start + batch_size]}
+            results.extend(text_generator(prompts[start : start + batch_size], batch_size=batch_size, **extra))
         if get_rank() != 0:  # every rank generates the same text under tensor parallelism
             return results
         path = write_results(results, config.get("save_file"))

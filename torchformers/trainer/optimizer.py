@@ -8,10 +8,12 @@ using the fused kernel where the parameters allow it and the foreach one otherwi
 accepted. MindSpore's `AdamWeightDecay` has no bias correction; `torch.optim.AdamW` has.
 
 `FP32StateAdamWeightDecay` is MindFormers' optimizer for low-precision weights (`param_init_type:
-bfloat16`): the moments stay in fp32 whatever the weights' dtype. Here it also keeps an fp32 master
-copy of each bf16/fp16 weight (the usual mixed-precision recipe, as Megatron's `main_params`): the
-update runs on the master with the gradient cast to fp32, and the weight the model computes with is
-refreshed from the master after every step, so updates smaller than a bf16 ulp are not lost. The
+bfloat16`): the moments stay in fp32 whatever the weights' dtype; MindFormers' `AdamW` does the same
+(its `clone_state` makes float32 moments), `FusedAdamWeightDecay` keeps them in the weights' dtype. Here
+both also keep an fp32 master copy of each bf16/fp16 weight (the usual mixed-precision recipe, as
+Megatron's `main_params`): the update runs on the master with the gradient cast to fp32, and the weight
+the model computes with is refreshed from the master after every step, so updates smaller than a bf16
+ulp are not lost. The
 masters and fp32 moments are optimizer state (`optim_master.<name>`, `adam_m.<name>`, ... in training
 checkpoints) and survive save / resume unrounded.
 
@@ -68,8 +70,8 @@ def _fused_ok(params: list) -> bool:
     )
 
 
-class AdamW(torch.optim.AdamW):
-    """MindFormers' `AdamW(params, learning_rate, betas, eps, weight_decay, ...)` as `torch.optim.AdamW`.
+class _TorchAdamW(torch.optim.AdamW):
+    """MindFormers' Adam arguments (`learning_rate`, `betas` or `beta1`/`beta2`, ...) on `torch.optim.AdamW`.
 
     `learning_rate` may be a number or an LR schedule (a callable of the step); with a schedule the
     initial rate is the schedule's rate at step 0 and `lr_schedule` is kept for the trainer to apply.
@@ -119,20 +121,13 @@ class AdamW(torch.optim.AdamW):
         )
 
 
-class FusedAdamWeightDecay(AdamW):
-    """MindFormers' `FusedAdamWeightDecay(params, learning_rate, beta1, beta2, eps=1e-6, weight_decay)`."""
+class _FP32State:
+    """fp32 moments and fp32 master weights for bf16/fp16 weights (mixed into a `_TorchAdamW`).
 
-    def __init__(self, params, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, **kwargs):
-        super().__init__(params, learning_rate, None, eps, weight_decay, beta1=beta1, beta2=beta2, **kwargs)
-
-
-class FP32StateAdamWeightDecay(FusedAdamWeightDecay):
-    """MindFormers' `FP32StateAdamWeightDecay`: fp32 moments and fp32 master weights for bf16/fp16 weights.
-
-    For fp32 weights it is `FusedAdamWeightDecay`. For a low-precision weight `p` the state holds
-    `master` (fp32), `exp_avg` and `exp_avg_sq` (fp32); each step updates the master from
-    `p.grad.float()` with torch's AdamW kernel and copies the master back into `p`. Weights loaded
-    into the model after the first step are not seen by the masters: load them before training.
+    For fp32 weights nothing changes. For a low-precision weight `p` the state holds `master` (fp32),
+    `exp_avg` and `exp_avg_sq` (fp32); each step updates the master from `p.grad.float()` with torch's
+    AdamW kernel and copies the master back into `p`. Weights loaded into the model after the first step
+    are not seen by the masters: load them before training.
     """
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps):
@@ -176,6 +171,27 @@ class FP32StateAdamWeightDecay(FusedAdamWeightDecay):
             for key, value in state_dict["state"].get(saved_id, {}).items():
                 if key != "step" and isinstance(value, torch.Tensor) and value.dtype == torch.float32:
                     self.state[p][key] = value.to(p.device, copy=True)
+
+
+class AdamW(_FP32State, _TorchAdamW):
+    """MindFormers' `AdamW(params, learning_rate, betas, eps, weight_decay, ...)`.
+
+    Its moments are fp32 whatever the weights' dtype (MindFormers `core/optim/adamw.py` clones them as
+    float32), so bf16/fp16 weights get fp32 moments (and an fp32 master, see `_FP32State`): moments in
+    float16 underflow (`eps` 1e-8 and squared gradients below 6e-8 become 0) and the update turns inf/NaN.
+    """
+
+
+class FusedAdamWeightDecay(_TorchAdamW):
+    """MindFormers' `FusedAdamWeightDecay(params, learning_rate, beta1, beta2, eps=1e-6, weight_decay)`."""
+
+    def __init__(self, params, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, **kwargs):
+        super().__init__(params, learning_rate, None, eps, weight_decay, beta1=beta1, beta2=beta2, **kwargs)
+
+
+class FP32StateAdamWeightDecay(_FP32State, FusedAdamWeightDecay):
+    """MindFormers' `FP32StateAdamWeightDecay`: `FusedAdamWeightDecay` with fp32 moments and fp32 master
+    weights for bf16/fp16 weights (`_FP32State`)."""
 
 
 for _cls, _aliases in (

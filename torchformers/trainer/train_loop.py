@@ -130,10 +130,10 @@ class TrainLoop:
             save_train_state(path, self.model, self.optimizer, info)
 
     def save_weights(self, monitor: CheckpointMonitor, ctx: RunContext) -> None:
-        """Weights only (`checkpoint_network/`) and, for LoRA or save_trainable_params, the trainable ones
+        """Weights only (`checkpoint_network/`) and, for a pet method or save_trainable_params, the trainable ones
         (`checkpoint_trainable/`), each one file that every save replaces, named as MindFormers names them."""
 
-        lora = getattr(self.model, "pet_config", None) is not None
+        pet = getattr(self.model, "pet_config", None) is not None
         network = monitor.folder(ctx, "checkpoint_network") / monitor.weights_file_name(ctx, "network")
         if is_distributed_model(self.model):  # whole tensors, written once per pipeline stage
             state = full_model_state(self.model) if monitor.save_network_params else None
@@ -142,7 +142,7 @@ class TrainLoop:
             return
         if monitor.save_network_params:
             atomic_save_tensors(model_state_to_save(self.model), network)
-        if monitor.save_trainable_params or lora:
+        if monitor.save_trainable_params or pet:
             path = monitor.folder(ctx, "checkpoint_trainable") / monitor.weights_file_name(ctx, "trainable_params")
             atomic_save_tensors(model_state_to_save(self.model, trainable_only=True), path)
 

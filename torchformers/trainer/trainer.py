@@ -24,6 +24,7 @@ from torch import nn
 from torchformers.errors import ConfigError, TrainingError
 from torchformers.models.modeling_utils import PretrainedModel
 from torchformers.parallel.context import build_context
+from torchformers.pet import PET_TYPES
 from torchformers.tools.register.build import build_trainer
 from torchformers.tools.register.config import MindFormerConfig
 from torchformers.tools.register.template import apply_template
@@ -63,11 +64,11 @@ class Trainer:
         self.eval_dataset = self._dataset(eval_dataset, "eval_dataset")
         self.optimizer = optimizers[0] if isinstance(optimizers, (tuple, list)) else optimizers
         self._callbacks = list(callbacks or [])
-        if pet_method and str(pet_method).lower() != "lora":
-            raise ConfigError(f"Trainer(pet_method={pet_method!r}): only 'lora' is supported")
+        if pet_method and str(pet_method).lower() not in PET_TYPES:
+            raise ConfigError(f"Trainer(pet_method={pet_method!r}): supported are {', '.join(PET_TYPES)}")
         if pet_method:
             pet = self.config.get_value("model.model_config.pet_config") or {}
-            self.config.set_value("model.model_config.pet_config", {"pet_type": "lora", **dict(pet)})
+            self.config.set_value("model.model_config.pet_config", {**dict(pet), "pet_type": str(pet_method).lower()})
         if not isinstance(self.config.get("trainer"), Mapping):
             self.config.trainer = {"type": "CausalLanguageModelingTrainer", "model_name": model_name or "common"}
         build_context(self.config)

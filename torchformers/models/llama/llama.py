@@ -290,7 +290,8 @@ class LlamaForCausalLM(PretrainedModel):
         if batch_valid_length is not None:  # only the last valid token of each row, (B, hidden)
             last = batch_valid_length.long().view(-1) - 1
             hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.lm_head(hidden).float()  # (B, T, vocab) or (B, vocab)
+        with self.model.precision(hidden.device.type):  # the head computes in compute_dtype, as the layers do
+            return self.lm_head(hidden).float()  # (B, T, vocab) or (B, vocab)
 
     def compute_loss(
         self,
@@ -393,7 +394,8 @@ class LlamaForCausalLM(PretrainedModel):
             if kv_caches is None:
                 raise RuntimeError("forward_with_cache: no KV cache is set up (call setup_kv_cache first)")
         hidden = self.model(input_ids, None, position_ids, attention_mask, cache_position, kv_caches)  # (B, T, hidden)
-        return self.lm_head(hidden[:, -1]).float()
+        with self.model.precision(hidden.device.type):  # the head too, as in forward (weights in another dtype)
+            return self.lm_head(hidden[:, -1]).float()
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs: Any) -> dict:
         """Inputs of one generation step: the token ids plus the step's positions and mask as given."""

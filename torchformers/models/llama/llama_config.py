@@ -102,6 +102,13 @@ class LlamaConfig(PretrainedConfig):
         "initializer_range": "init_method_std",
     }
     _support_list = ["llama_7b", "llama2_7b", "llama2_13b", "llama2_70b", "llama3_8b"]
+    # Ascend-only switches a YAML may set: named in the launcher's one no-effect line when present
+    no_effect_keys = (
+        "is_dynamic", "block_size", "num_blocks", "use_flash_attention", "use_ring_attention",
+        "use_attn_mask_compression", "use_eod_attn_mask_compression", "fine_grain_interleave", "pp_interleave_num",
+        "offset", "use_rope_slice", "fused_rms_norm", "rmsnorm_compute_2d", "input_sliced_sig", "llm_backend",
+        "chunk_prefill", "parallel_optimizer",
+    )  # fmt: skip
 
     def __init__(
         self,
