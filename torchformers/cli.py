@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--do_sample", type=str2bool, help="sample instead of greedy decoding (model.model_config.do_sample)")
     add(
+        "--quantization",
+        type=str,
+        choices=("int8", "int4"),
+        help="quantize the linear layers for inference: int8 per channel or int4 in groups of 32 "
+        "(model.model_config.quantization_config)",
+    )
+    add(
         "--trust_remote_code",
         type=str2bool,
         help="accepted for compatibility; external code is loaded only from --register_path",
@@ -208,6 +215,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> MindFormerConfig:
     set_if(args.use_parallel, "use_parallel")
     set_if(args.profile, "profile")
     set_if(args.do_sample, "model.model_config.do_sample")
+    if args.quantization is not None:
+        config.set_value("model.model_config.quantization_config", {"quant_method": args.quantization})
     set_if(args.trust_remote_code, "trust_remote_code")
     set_if(args.predict_batch_size, "predict_batch_size")
     if args.adapter_id is not None and config.get_value("model.model_config.pet_config.pet_type") == "slora":

@@ -35,13 +35,7 @@ from torchformers.assets import AssetError, Package, fetch_package
 MINDFORMERS = Package("mindformers==1.3.2", "wheel")
 YAML_DIR = "configs/llama2/"
 # Features not implemented yet: the test runs them and expects them to fail, so a fix shows up.
-OUT_OF_SCOPE = {
-    "predict_llama2_13b_ptq.yaml": "post-training quantization (ParallelLlamaForCausalLM) is not implemented",
-    "predict_llama2_13b_rtn.yaml": "RTN weight quantization (quantization_config) is not implemented",
-    "predict_llama2_13b_smooth_quant.yaml": "SmoothQuant (quantization_config) is not implemented",
-    "predict_llama2_70b_rtn.yaml": "RTN weight quantization (quantization_config) is not implemented",
-    "predict_llama2_70b_smooth_quant.yaml": "SmoothQuant (quantization_config) is not implemented",
-}
+OUT_OF_SCOPE: dict[str, str] = {}
 SHRINK = {
     "num_layers": 2,
     "hidden_size": 64,
@@ -336,22 +330,25 @@ def test_missing_vocab_file_uses_the_local_folder(tmp_path, tiny_weights, monkey
 
 
 @OFFLINE
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("predict_llama2_13b_rtn.yaml", "quantization_config (quant_method 'rtn') is not supported"),
-    ],
-)
-def test_features_that_would_run_differently_are_refused(name, expected, tmp_path, tiny_weights, monkeypatch, capsys):
+def test_quantized_yamls_check_mindformers_rules(tmp_path, tiny_weights, monkeypatch, capsys, caplog):
+    """The rtn YAML quantizes every linear layer but lm_head; rtn with int8 activations is refused as
+    MindFormers' RtnConfig refuses it."""
     from torchformers.cli import main
     from torchformers.tools.assets import fetch
 
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.chdir(tmp_path)
-    path = tmp_path / name
-    path.write_bytes(YAMLS[name])
-    assert main(launch_argv(path, tmp_path / "out", tmp_path, tiny_weights, fetch("llama2/tokenizer.model"))) == 2
+    path = tmp_path / "predict_llama2_13b_rtn.yaml"
+    path.write_bytes(YAMLS[path.name])
+    argv = launch_argv(path, tmp_path / "out", tmp_path, tiny_weights, fetch("llama2/tokenizer.model"))
+    with caplog.at_level("INFO"):
+        assert main(argv) == 0
+    layers = SHRINK["num_layers"] * 7  # wq wk wv wo w1 w2 w3 of each layer; lm_head stays float
+    assert any(f"quantized {layers} linear layers: int8 weights (quant_method rtn)" in m for m in caplog.messages)
+    capsys.readouterr()
+    assert main([*argv, "--model.model_config.quantization_config.activation_dtype", "int8"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(err) == 1 and expected in err[0], err
+    assert len(err) == 1 and "RtnConfig" in err[0] and "activation_dtype" in err[0], err
 
 
 @OFFLINE

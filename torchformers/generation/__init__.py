@@ -1,10 +1,10 @@
 """Generation: `GenerationConfig`, `GenerationMixin.generate`, static KV cache, logits processors,
 streamers, the per-model `GenerationState` (KV caches and compiled decode step, kept outside the model),
-and the CPU inference optimisation `prepare_for_cpu_inference`."""
+the CPU inference optimisation `prepare_for_cpu_inference`, and quantized inference (`quantize_model`)."""
 
 from torchformers.generation.cpu_inference import prepare_for_cpu_inference
 from torchformers.generation.generation_config import GenerationConfig
-from torchformers.generation.kv_cache import StaticKVCache
+from torchformers.generation.kv_cache import Int8KVCache, StaticKVCache
 from torchformers.generation.logits_process import (
     LogitsProcessor,
     LogitsProcessorList,
@@ -14,6 +14,7 @@ from torchformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from torchformers.generation.quantization import QuantizationSettings, quantization_settings, quantize_model
 from torchformers.generation.streamers import BaseStreamer, TextIteratorStreamer, TextStreamer
 from torchformers.generation.text_generator import GenerateOutput, GenerationMixin, GenerationState, generation_state
 
@@ -23,9 +24,11 @@ __all__ = [
     "GenerationConfig",
     "GenerationMixin",
     "GenerationState",
+    "Int8KVCache",
     "LogitsProcessor",
     "LogitsProcessorList",
     "MinLengthLogitsProcessor",
+    "QuantizationSettings",
     "RepetitionPenaltyLogitsProcessor",
     "StaticKVCache",
     "TemperatureLogitsWarper",
@@ -35,4 +38,6 @@ __all__ = [
     "TopPLogitsWarper",
     "generation_state",
     "prepare_for_cpu_inference",
+    "quantization_settings",
+    "quantize_model",
 ]

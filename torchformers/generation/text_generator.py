@@ -361,8 +361,7 @@ class GenerationMixin:
                         break
                     if cfg.use_past:
                         for cache in state.kv_caches:  # each beam continues the cache rows of the beam it extends
-                            cache.key_cache.copy_(cache.key_cache.index_select(0, rows))
-                            cache.value_cache.copy_(cache.value_cache.index_select(0, rows))
+                            cache.reorder(rows)
                         logits = decode_next(next_token, step)
                     else:
                         logits = self._full_step(beams.flat_running(P + step + 1), pad)

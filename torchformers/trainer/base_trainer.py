@@ -32,6 +32,7 @@ from torchformers.assets import cache_dir
 from torchformers.checkpoint.loader import load_state_into, load_weights, resolve_weights_path
 from torchformers.errors import ConfigError
 from torchformers.generation import prepare_for_cpu_inference
+from torchformers.generation.quantization import quantization_of_file, quantization_settings, quantize_model
 from torchformers.parallel import parallel_dims_from_config, parallelize_model
 from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
 from torchformers.parallel.checkpoint import full_model_state, is_distributed_model
@@ -178,6 +179,20 @@ def _compute_dtype(network: nn.Module) -> torch.dtype | None:
     return to_dtype(getattr(getattr(network, "config", None), "compute_dtype", None), "model_config.compute_dtype")
 
 
+def _quantization(config, training: bool):
+    """The `model.model_config.quantization_config` settings (None without one); refused for training."""
+    settings = quantization_settings(
+        config.get_value("model.model_config.quantization_config"), f"{config.source_file}: model.model_config"
+    )
+    if settings is not None and training:
+        raise ConfigError(
+            f"{config.source_file}: model.model_config.quantization_config (quant_method {settings.quant_method}) "
+            f"quantizes for inference; run_mode {config.run_mode} trains float weights: remove quantization_config "
+            "(or --quantization) to train"
+        )
+    return settings
+
+
 def _named_checkpoint(config) -> str | None:
     """`model.model_config.checkpoint_name_or_path`: a path, or a model name (MindFormers downloads those, e.g.
     'llama2_7b') that resolves to the folder `$TORCHFORMERS_HOME/<name>` when there is one."""
@@ -273,18 +288,19 @@ class BaseTrainer:
                 f"supported: {', '.join(repr(t) for t in (*PET_TYPES, 'slora'))} "
                 "(remove pet_config to run the base model)"
             )
-        quantization = config.get_value("model.model_config.quantization_config")
-        if quantization:
-            method = quantization.get("quant_method") if isinstance(quantization, Mapping) else quantization
-            raise ConfigError(
-                f"{config.source_file}: model.model_config.quantization_config (quant_method {method!r}) is not "
-                "supported: the model would run unquantized; remove quantization_config to run it so"
-            )
+        quantization = _quantization(config, training=config.run_mode in ("train", "finetune"))
         model = build_model(config.model)
         checkpoint = checkpoint or config.get("load_checkpoint") or _named_checkpoint(config)
         if checkpoint:
             strategy = _source_strategy(config)
             weights_file = resolve_weights_path(checkpoint)  # MindFormers' layouts: rank_N/, a bare name, ...
+            stored = quantization_of_file(weights_file)
+            if stored is not None:  # a quantized checkpoint: quantize the layers first, then load its integers
+                if quantization is not None and quantization != stored:
+                    logger.warning("%s is quantized as %s; quantization_config is ignored", checkpoint,
+                                   stored.describe())  # fmt: skip
+                quantization = None
+                quantize_model(model, stored)
             if strategy or is_train_state_file(checkpoint) or weights_file.suffix in (".safetensors", ".ckpt"):
                 state = weights_of_train_state(read_weights(checkpoint, src_strategy=strategy))
                 if pet and pet_keys_in(state, pet_config):
@@ -306,6 +322,8 @@ class BaseTrainer:
                 )  # fmt: skip
         if slora:
             get_slora_model(model, pet_config)  # after the base weights, as MindFormers' load_slora_ckpt
+        if quantization is not None:
+            quantize_model(model, quantization)
         device = getattr(config, "device", None)
         if device is not None:
             model.to(device)
@@ -359,6 +377,7 @@ class BaseTrainer:
         The steps, in MindFormers' order: resume point, data, network, parallelism, optimizer and LR
         schedule, train-step wrapper, callbacks, the loop, then the pet adapters.
         """
+        _quantization(config, training=True)  # refused before any data is read
         device = getattr(config, "device", None) or torch.device("cpu")
         output_dir = config.get("output_dir") or "./output"
         rank = get_rank()
@@ -563,6 +582,11 @@ class CausalLanguageModelingTrainer(BaseTrainer):
             # fp32 on CPU: weights prepacked for oneDNN, about 1.8x faster decoding (docs/performance_tuning.md);
             # any other model is returned as it is
             return prepare_for_cpu_inference(self.build_network(config))
+        if _quantization(config, training=False) is not None:
+            raise ConfigError(
+                f"{config.source_file}: model.model_config.quantization_config with use_parallel under torchrun: "
+                "quantized layers are not sharded; run predict as one process (--use_parallel False)"
+            )
         if is_slora_config(config.get_value("model.model_config.pet_config")):
             raise ConfigError(
                 f"{config.source_file}: pet_config.pet_type 'slora' runs as one process; "

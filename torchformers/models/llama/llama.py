@@ -476,3 +476,10 @@ def _one_of(inputs: dict[str, Any], name: str, keyword: Any) -> Any:
             raise TypeError(f"LlamaForCausalLM.forward() got multiple values for argument {name!r}")
         return inputs[name]
     return keyword
+
+
+# MindFormers' name for its inference (parallel) Llama, e.g. `arch: ParallelLlamaForCausalLM` in
+# predict_llama2_13b_ptq.yaml: the same model here (parallelism is applied from outside the model)
+ParallelLlamaForCausalLM = MindFormerRegister.register_cls(
+    LlamaForCausalLM, MindFormerModuleType.MODELS, alias="ParallelLlamaForCausalLM"
+)

@@ -1,0 +1,475 @@
+"""Quantized linear layers for inference, and `quantize_model(model, settings)` that swaps them in.
+
+Three layers replace `nn.Linear` (from outside the model, as `prepare_for_cpu_inference` does):
+
+- `Int8WeightOnlyLinear`: int8 weights, one symmetric scale per output channel (`w = q * s`); activations
+  stay in the compute dtype (A16W8: MindFormers' `quant_method: rtn`, `weight_dtype: int8`). On CPU
+  it runs `torch.ops.aten._weight_int8pack_mm` (with bf16 activations, see `_CPU_KERNEL_DTYPE`);
+  elsewhere `F.linear` on the int8 weights cast to the input dtype, scales applied to the output.
+- `Int4WeightOnlyLinear`: 4-bit weights in groups of `group_size` (32, 64, 128 or 256) along the input
+  dimension, each group with a scale and a zero point (`w = (q - 8) * s + z`, q in 0..15), the layout
+  of PyTorch's int4 kernels (`_convert_weight_to_int4pack_for_cpu` + `_weight_int4pack_mm_for_cpu`,
+  the same `scales_and_zeros` tensor as torchao / gpt-fast). The CPU kernel needs the output width to
+  be a multiple of 16 and the input width a multiple of the group size: weights are padded with zero
+  rows / columns and the input with zero columns, so the result equals the unpadded product. Off CPU
+  the weights are dequantized per call (a reference path, not a fast one).
+- `Int8DynamicLinear`: W8A8 (MindFormers' `smooth_quant` and `ptq`): int8 weights per output channel
+  as above, and activations quantized per token at run time (symmetric, `max|x| / 127`), multiplied in
+  int32 by `torch._int_mm` on CPU and rescaled (exact, not fast: PyTorch's CPU `_int_mm` is slower
+  than an fp32 matmul).
+
+Rounding is round-to-nearest from the float weights (golden-stick's `RoundToNearest`). Every layer
+keeps its integer tensors, scales and zero points as buffers, so `state_dict()` holds the quantized
+model and `safetensors` stores it bit for bit (`QuantizationSettings.to_metadata` for the header).
+
+References: PyTorch `aten/src/ATen/native/cpu/int4mm_kernel.cpp` and `int8mm_kernel.cpp`; gpt-fast
+`quantize.py`; MindFormers v1.3.2 `mindformers/utils/quantization_config.py` (`RtnConfig`, `PtqConfig`,
+`SmoothQuantConfig`) and `mindformers/modules/quantizers/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+
+from torchformers.checkpoint.formats import save_checkpoint
+from torchformers.errors import ConfigError
+from torchformers.generation.kv_cache import Int8KVCache, StaticKVCache
+from torchformers.generation.text_generator import generation_state
+
+__all__ = [
+    "GROUP_SIZES",
+    "Int4WeightOnlyLinear",
+    "Int8DynamicLinear",
+    "Int8WeightOnlyLinear",
+    "QuantizationSettings",
+    "quantization_of_file",
+    "quantization_settings",
+    "quantize_model",
+    "quantize_state_dict",
+    "save_quantized",
+]
+
+logger = logging.getLogger(__name__)
+
+GROUP_SIZES = (32, 64, 128, 256)  # what PyTorch's int4 kernels accept
+_OURS = ("int8", "int4")
+_MINDFORMERS = ("rtn", "ptq", "smooth_quant")
+_KEYS = {
+    "quant_method", "group_size", "weight_dtype", "activation_dtype", "kvcache_dtype", "outliers_suppression",
+    "modules_to_not_convert", "algorithm_args", "mode", "backend",
+}  # fmt: skip
+
+
+def _none(value):
+    """MindFormers' YAMLs write `None` unquoted, which YAML reads as the string 'None'."""
+    return None if value is None or (isinstance(value, str) and value.strip() in ("None", "none", "")) else value
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    """What `quantize_model` does.
+
+    Attributes:
+        weight: "int8" (per output channel) or "int4" (in groups), or None (weights stay float).
+        group_size: input columns per int4 group.
+        activation: "int8" for dynamic per-token int8 activations (W8A8; needs int8 weights), or None.
+        modules_to_not_convert: a linear layer whose full name contains one of these stays float
+            (MindFormers' `opname_blacklist` match).
+        quant_method: the method as written in the config, for messages and the file metadata.
+        kvcache: "int8" for a KV cache stored as int8 with per-token scales (`Int8KVCache`), or None.
+    """
+
+    weight: str | None = "int8"
+    group_size: int = 32
+    activation: str | None = None
+    modules_to_not_convert: tuple[str, ...] = field(default_factory=tuple)
+    quant_method: str = "int8"
+    kvcache: str | None = None
+
+    def to_metadata(self) -> dict[str, str]:
+        """String key/values for a safetensors header."""
+        return {"quantization": json.dumps(asdict(self))}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str] | None) -> QuantizationSettings | None:
+        if not metadata or "quantization" not in metadata:
+            return None
+        fields = json.loads(metadata["quantization"])
+        fields["modules_to_not_convert"] = tuple(fields.get("modules_to_not_convert") or ())
+        return cls(**fields)
+
+    def describe(self) -> str:
+        if self.weight == "int4":
+            text = f"int4 weights in groups of {self.group_size}"
+        elif self.weight == "int8":
+            text = "int8 weights and int8 per-token activations" if self.activation else "int8 weights"
+        else:
+            text = "float weights"
+        return text + (", int8 KV cache" if self.kvcache else "")
+
+
+def _dtype_name(value, key: str, source: str) -> str | None:
+    value = _none(value)
+    if value is None:
+        return None
+    name = str(value).rsplit(".", 1)[-1].strip().lower()  # 'int8', or 'mstype.int8'
+    if name != "int8":
+        raise ConfigError(f"{source}: quantization_config.{key} is {value!r}; expected int8 or None")
+    return name
+
+
+def quantization_settings(config, source: str = "model.model_config") -> QuantizationSettings | None:
+    """`QuantizationSettings` from a `quantization_config` (a mapping, or "int8"/"int4" as
+    `--quantization` gives it), or None when there is none.
+
+    Ours: `{quant_method: int8 | int4, group_size: 32, modules_to_not_convert: [...]}`. MindFormers':
+    `quant_method: rtn | ptq | smooth_quant` with `weight_dtype`, `activation_dtype`, `kvcache_dtype`,
+    `outliers_suppression`, `modules_to_not_convert`, `algorithm_args` (the checks of MindFormers'
+    `RtnConfig`, `PtqConfig` and `SmoothQuantConfig`). A bad value raises `ConfigError`; settings
+    PyTorch cannot give (an int8 KV cache, smoothing factors that need calibration) are logged once.
+    """
+    config = _none(config)
+    if not config:
+        return None
+    if isinstance(config, str):
+        config = {"quant_method": config}
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{source}: quantization_config is {config!r}; expected a mapping with quant_method")
+    unknown = sorted(set(config) - _KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{source}: quantization_config has unknown key(s) {unknown}; expected some of {sorted(_KEYS)}"
+        )
+    method = str(_none(config.get("quant_method")) or "").strip().lower()
+    if method not in _OURS + _MINDFORMERS:
+        raise ConfigError(
+            f"{source}: quantization_config.quant_method is {config.get('quant_method')!r}; "
+            f"expected one of {', '.join(_OURS + _MINDFORMERS)}"
+        )
+    skip = _none(config.get("modules_to_not_convert")) or []
+    if isinstance(skip, str) or not all(isinstance(s, str) for s in skip):
+        raise ConfigError(
+            f"{source}: quantization_config.modules_to_not_convert is {skip!r}; expected a list of layer names"
+        )
+    skip = tuple(skip)
+    if method in _OURS:
+        group = config.get("group_size", 32)
+        if method == "int8" and "group_size" in config:
+            raise ConfigError(
+                f"{source}: quantization_config.group_size is for int4; int8 has one scale per output channel"
+            )
+        if method == "int4" and group not in GROUP_SIZES:
+            raise ConfigError(
+                f"{source}: quantization_config.group_size is {group!r}; "
+                f"expected one of {', '.join(map(str, GROUP_SIZES))}"
+            )
+        mf_keys = sorted(set(config) & (_KEYS - {"quant_method", "group_size", "modules_to_not_convert"}))
+        if mf_keys:
+            raise ConfigError(
+                f"{source}: quantization_config keys {mf_keys} belong to MindFormers' rtn/ptq/smooth_quant; "
+                f"quant_method {method} takes group_size and modules_to_not_convert"
+            )
+        return QuantizationSettings(method, int(group), None, skip, method)
+    weight = _dtype_name(config.get("weight_dtype", "int8"), "weight_dtype", source)
+    activation = _dtype_name(config.get("activation_dtype"), "activation_dtype", source)
+    kvcache = _dtype_name(config.get("kvcache_dtype"), "kvcache_dtype", source)
+    outliers = _none(config.get("outliers_suppression"))
+    if outliers is not None and outliers != "smooth":
+        raise ConfigError(
+            f"{source}: quantization_config.outliers_suppression is {outliers!r}; expected smooth or None"
+        )
+    if method == "rtn" and (activation is not None or outliers is not None):
+        raise ConfigError(
+            f"{source}: quant_method rtn quantizes weights (and the KV cache) only: activation_dtype is "
+            f"{activation!r} and outliers_suppression {outliers!r}; expected None for both (MindFormers' RtnConfig)"
+        )
+    if weight is None and activation is not None:
+        raise ConfigError(f"{source}: quantization_config quantizes activations without weights (weight_dtype None)")
+    for key in ("mode", "backend"):
+        if key in config:
+            logger.info("quantization_config.%s = %r has no effect on PyTorch", key, config[key])
+    if outliers == "smooth" or method == "smooth_quant":
+        logger.warning(
+            "quantization_config %s: smoothing factors come from calibration, which a float checkpoint does not "
+            "hold; identity smoothing is used (plain per-channel int8 weights, per-token int8 activations)",
+            method,
+        )
+    return QuantizationSettings(weight, 32, activation, skip, method, kvcache)
+
+
+def quantization_of_file(path) -> QuantizationSettings | None:
+    """The settings stored in a quantized `.safetensors` file's metadata, or None (any other file)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        return QuantizationSettings.from_metadata(f.metadata())
+
+
+# ------------------------------------------------------------------------------------------ layers
+# PyTorch's CPU int8/int4 kernels are vectorised for bf16 activations; with fp32 (or fp16) activations
+# they run 4-10x slower than an fp32 `F.linear` (torch 2.13, x86). Inputs are cast to bf16 for them
+# and the result cast back, which rounds activations as a bf16 model does.
+_CPU_KERNEL_DTYPE = torch.bfloat16
+
+
+def _quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: `(q (N, K) int8, scales (N,) fp32)` with `weight ≈ q * scales`."""
+    w = weight.detach().float()
+    scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-8)
+    q = torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8)
+    return q, scales
+
+
+def _bias(bias: torch.Tensor | None) -> nn.Parameter | None:
+    return None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+
+class _QuantLinear(nn.Module):
+    """Shared parts: shapes, bias, no training."""
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = _bias(bias)
+
+    def _finish(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(f"{type(self).__name__} is for inference: quantized weights do not train")
+        return super().train(False)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8WeightOnlyLinear(_QuantLinear):
+    """`y = x (q * s)^T + b` with int8 `q` (N, K) and per-channel fp32 scales `s` (N,)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__(weight.shape[1], weight.shape[0], bias)
+        q, scales = _quantize_int8(weight)
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("weight_scale", scales)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.weight_int8.float() * self.weight_scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        # the CPU kernel crashes for bf16 inputs whose width is not a multiple of 8 (PyTorch 2.13)
+        if x.device.type == "cpu" and self.in_features % 8 == 0:
+            xb = x2.to(_CPU_KERNEL_DTYPE).contiguous()
+            y = torch.ops.aten._weight_int8pack_mm(xb, self.weight_int8, self.weight_scale.to(_CPU_KERNEL_DTYPE))
+            y = y.to(x.dtype)
+        else:
+            y = F.linear(x2, self.weight_int8.to(x.dtype)) * self.weight_scale.to(x.dtype)
+        return self._finish(y.reshape(*shape, self.out_features))
+
+
+class Int8DynamicLinear(Int8WeightOnlyLinear):
+    """W8A8: int8 weights per output channel, activations quantized per token at run time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).float()
+        x_scale = (x2.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-8)  # (M, 1)
+        xq = torch.round(x2 / x_scale).clamp(-128, 127).to(torch.int8)
+        if x.device.type == "cpu":
+            acc = torch._int_mm(xq, self.weight_int8.t()).float()  # exact int32 sums
+        else:  # a reference path: float sums of int8 products
+            acc = xq.float() @ self.weight_int8.float().t()
+        y = (acc * x_scale * self.weight_scale).to(x.dtype)
+        return self._finish(y.reshape(*shape, self.out_features))
+
+
+def _quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit groups along K: `(q (N, K) int32 in 0..15, scales (N, G), zeros (N, G))`,
+    `weight ≈ (q - 8) * scale + zero` per group (torchao's `get_groupwise_affine_qparams` convention)."""
+    n, k = weight.shape
+    w = weight.detach().float().reshape(n, k // group_size, group_size)
+    lo, hi = w.amin(dim=2), w.amax(dim=2)
+    scales = ((hi - lo) / 15).clamp(min=1e-6)
+    zeros = lo + scales * 8
+    q = torch.round((w - lo[..., None]) / scales[..., None]).clamp(0, 15).to(torch.int32)
+    return q.reshape(n, k), scales, zeros
+
+
+class Int4WeightOnlyLinear(_QuantLinear):
+    """`y = x W^T + b` with `W = (q - 8) * scale + zero` in groups of `group_size` input columns.
+
+    Buffers: `weight_int4` (N, K_pad / 2) uint8, two 4-bit values per byte (even column in the low
+    nibble): the portable form a file holds; `weight_scale` and `weight_zero` (N, K_pad / group_size)
+    fp32. `K_pad` is K rounded up to the group size (padded columns are zeros). The kernel layout is
+    built from them on first use and after loading.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, group_size: int = 32) -> None:
+        if group_size not in GROUP_SIZES:
+            raise ValueError(f"int4 group_size is {group_size}; expected one of {GROUP_SIZES}")
+        super().__init__(weight.shape[1], weight.shape[0], bias)
+        self.group_size = group_size
+        k_pad = -(-self.in_features // group_size) * group_size
+        w = F.pad(weight.detach().float(), (0, k_pad - self.in_features))
+        q, scales, zeros = _quantize_int4(w, group_size)
+        self.register_buffer("weight_int4", (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8))
+        self.register_buffer("weight_scale", scales)
+        self.register_buffer("weight_zero", zeros)
+        self._packed: tuple | None = None
+
+    def _unpacked(self) -> torch.Tensor:
+        """(N, K_pad) int32 in 0..15."""
+        b = self.weight_int4.to(torch.int32)
+        return torch.stack([b & 0xF, b >> 4], dim=-1).reshape(b.shape[0], -1)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float weight (N, K) the layer computes with."""
+        g = self.group_size
+        w = (self._unpacked().float() - 8) * self.weight_scale.repeat_interleave(g, 1)
+        w = w + self.weight_zero.repeat_interleave(g, 1)
+        return w[:, : self.in_features]
+
+    def _cpu_kernel_inputs(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(packed weight, scales_and_zeros)` for `_weight_int4pack_mm_for_cpu`: N padded to 16."""
+        # rebuilt when a buffer changed (a checkpoint copied in: their version counters move), moved or
+        # another dtype is asked for
+        key = (
+            dtype,
+            self.weight_int4.device,
+            *(t._version for t in (self.weight_int4, self.weight_scale, self.weight_zero)),
+        )
+        if self._packed is None or self._packed[0] != key:
+            n_pad = -(-self.out_features // 16) * 16 - self.out_features
+            q = F.pad(self._unpacked(), (0, 0, 0, n_pad), value=8)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 8)
+            scale, zero = (F.pad(t, (0, 0, 0, n_pad)) for t in (self.weight_scale, self.weight_zero))
+            sz = torch.stack([scale, zero], -1)
+            self._packed = (key, packed, sz.transpose(0, 1).contiguous().to(dtype))  # (K_pad / g, N_pad, 2)
+        return self._packed[1], self._packed[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if x.device.type == "cpu":
+            packed, sz = self._cpu_kernel_inputs(_CPU_KERNEL_DTYPE)
+            k_pad = self.weight_int4.shape[1] * 2
+            xb = x2.to(_CPU_KERNEL_DTYPE)
+            if k_pad != self.in_features:
+                xb = F.pad(xb, (0, k_pad - self.in_features))
+            xb = xb.contiguous()
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, self.group_size, sz)[:, : self.out_features]
+            y = y.to(x.dtype)
+        else:
+            y = F.linear(x2, self.dequantize().to(x.dtype))
+        return self._finish(y.reshape(*shape, self.out_features))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, group_size={self.group_size}"
+
+
+# ------------------------------------------------------------------------------------------ the swap
+def _quantized(weight: torch.Tensor, bias: torch.Tensor | None, settings: QuantizationSettings) -> nn.Module:
+    if settings.weight == "int4":
+        return Int4WeightOnlyLinear(weight, bias, settings.group_size)
+    if settings.activation == "int8":
+        return Int8DynamicLinear(weight, bias)
+    return Int8WeightOnlyLinear(weight, bias)
+
+
+def _converted(name: str, module: nn.Module, settings: QuantizationSettings) -> bool:
+    return type(module) is nn.Linear and not any(s in name for s in settings.modules_to_not_convert)
+
+
+_INT8_CACHE_CLASSES: dict[type, type] = {}
+
+
+def _int8_cache_class(cls: type) -> type:
+    """`cls` whose `setup_kv_cache` allocates `Int8KVCache`s in place of its `StaticKVCache`s."""
+    if cls not in _INT8_CACHE_CLASSES:
+
+        def setup_kv_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None) -> None:
+            cls.setup_kv_cache(self, batch_size, max_length, dtype)
+            state = generation_state(self)
+            state.kv_caches = [
+                Int8KVCache(*c.key_cache.shape, c.key_cache.dtype, c.key_cache.device)
+                if type(c) is StaticKVCache
+                else c
+                for c in state.kv_caches
+            ]
+
+        body = {"setup_kv_cache": setup_kv_cache, "__module__": cls.__module__}
+        _INT8_CACHE_CLASSES[cls] = type(f"Int8Cache{cls.__name__}", (cls,), body)
+    return _INT8_CACHE_CLASSES[cls]
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, settings: QuantizationSettings) -> nn.Module:
+    """Replace every `nn.Linear` of `model` whose name contains none of `settings.modules_to_not_convert`
+    by its quantized layer, round-to-nearest from its current weights; returns `model` in eval mode with
+    `model.quantization = settings`.
+
+    With `settings.kvcache == "int8"` the model's class becomes a subclass whose `setup_kv_cache`
+    allocates `Int8KVCache`s (as prepacking swaps classes). Apply it before `prepare_for_cpu_inference`
+    (which packs the linear layers left float). Load a quantized state dict after applying it to a model
+    of the same config."""
+    model.eval()
+    count = 0
+    if settings.weight is not None:
+        for name, module in list(model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                full = f"{name}.{child_name}" if name else child_name
+                if _converted(full, child, settings):
+                    setattr(module, child_name, _quantized(child.weight, child.bias, settings))
+                    count += 1
+    swapped = type(model) in _INT8_CACHE_CLASSES.values()
+    if settings.kvcache == "int8" and hasattr(model, "setup_kv_cache") and not swapped:
+        model.__class__ = _int8_cache_class(type(model))
+    model.quantization = settings
+    logger.info("quantized %d linear layers: %s (quant_method %s)", count, settings.describe(), settings.quant_method)
+    return model
+
+
+@torch.no_grad()
+def quantize_state_dict(
+    state: Mapping[str, torch.Tensor], model: nn.Module, settings: QuantizationSettings
+) -> dict[str, torch.Tensor]:
+    """The state dict `quantize_model` would give `model` loaded with `state`, computed from the tensors
+    alone (`model` only names the linear layers, so it may live on the meta device)."""
+    out = dict(state)
+    if settings.weight is None:
+        return out
+    for name, module in model.named_modules():
+        if _converted(name, module, settings) and f"{name}.weight" in state:
+            bias = out.pop(f"{name}.bias", None)
+            layer = _quantized(out.pop(f"{name}.weight"), bias, settings)
+            out.update({f"{name}.{k}": v for k, v in layer.state_dict().items()})
+    return out
+
+
+def save_quantized(state: Mapping[str, torch.Tensor], path, settings: QuantizationSettings) -> None:
+    """Write a quantized state dict to a `.safetensors` file (atomically), the settings in its metadata,
+    so that `quantization_of_file` and the trainer's loader rebuild the same layers."""
+    if Path(path).suffix != ".safetensors":
+        raise ConfigError(f"{path}: quantized checkpoints are written as .safetensors (the settings go in its header)")
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial.safetensors")  # renamed over `path` only once complete
+    try:
+        save_checkpoint(
+            {k: v.contiguous() for k, v in state.items()}, tmp, metadata={"format": "pt", **settings.to_metadata()}
+        )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
