@@ -385,3 +385,32 @@ def test_slora_yaml_without_adapter_path_says_what_to_pass(tmp_path, tiny_weight
     assert len(err) == 1, err
     assert "model.model_config.pet_config.adapter_path is empty" in err[0]
     assert "--model.model_config.pet_config.adapter_path path/to/lora_adapter.json" in err[0]
+
+
+@OFFLINE
+def test_use_past_false_in_the_yaml_decodes_without_the_cache(tmp_path, tiny_weights, monkeypatch, caplog):
+    """`use_past: False` in the YAML: no KV cache is set up, each token recomputes the sequence, and the
+    greedy text is the one the cached decode gives (MindFormers' semantics of the switch)."""
+    from torchformers.cli import main
+    from torchformers.models.llama import LlamaForCausalLM
+    from torchformers.tools.assets import fetch
+
+    setups = []
+    real_setup = LlamaForCausalLM.setup_kv_cache
+
+    def counted_setup(self, *args, **kwargs):
+        setups.append(args)
+        return real_setup(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "setup_kv_cache", counted_setup)
+    path = predict_7b(tmp_path, monkeypatch)
+    argv = launch_argv(path, tmp_path / "out", tmp_path, tiny_weights, fetch("llama2/tokenizer.model"))
+    assert main(argv) == 0
+    cached = (tmp_path / "text_generation_result.txt").read_text()
+    assert setups, "the cached decode sets up a KV cache"
+    setups.clear()
+    with caplog.at_level("INFO", logger="torchformers"):
+        assert main(argv + ["--model.model_config.use_past", "False"]) == 0
+    assert not setups
+    assert any("use_past is False" in m for m in caplog.messages)
+    assert (tmp_path / "text_generation_result.txt").read_text() == cached

@@ -609,9 +609,19 @@ class CausalLanguageModelingTrainer(BaseTrainer):
             # each prompt becomes a user turn of the tokenizer's chat template
             prompts = [[{"role": "user", "content": p}] for p in prompts]
         adapter_ids = _adapter_ids_of(config, kwargs.get("adapter_id"), len(prompts))
+        generate_kwargs = {}
+        if str(config.get_value("model.model_config.use_past")).lower() == "false":  # said in the YAML
+            logger.info(
+                "%s: model_config.use_past is False: each new token recomputes the whole sequence, as MindFormers "
+                "does without the cache (use_past: True, or leaving the key out, decodes with the KV cache)",
+                config.source_file,
+            )
+            generate_kwargs["use_past"] = False
         results = []
         for start in range(0, len(prompts), batch_size):
-            extra = {} if adapter_ids is None else {"adapter_ids": adapter_ids[start : start + batch_size]}
+            extra = dict(generate_kwargs)
+            if adapter_ids is not None:
+                extra["adapter_ids"] = adapter_ids[start : start + batch_size]
             results.extend(text_generator(prompts[start : start + batch_size], batch_size=batch_size, **extra))
         if get_rank() != 0:  # every rank generates the same text under tensor parallelism
             return results

@@ -82,8 +82,10 @@ class LlamaConfig(PretrainedConfig):
         parallel_config: MindFormers' `TransformerOpParallelConfig` as an object with attribute access
             (`config.parallel_config.model_parallel`), its defaults overridden by the given mapping; the
             run's layout is read from the YAML's top-level `parallel_config`, not from here.
+    use_past: `False` written in a predict YAML decodes without the KV cache (the launcher reads it
+        from the YAML, since this default is False as in MindFormers); `generate(use_past=...)` decides.
     Accepted with no effect on PyTorch: batch_size (except as a predict-layout hint),
-    moe_config, use_past (the KV cache is always available), is_dynamic, use_rope_slice,
+    moe_config, is_dynamic, use_rope_slice,
     use_flash_attention (SDPA picks flash attention itself), use_ring_attention,
     use_attn_mask_compression, use_eod_attn_mask_compression, parallel_optimizer,
     fine_grain_interleave, pp_interleave_num, offset, block_size, num_blocks, quant_config, llm_backend,
