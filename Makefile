@@ -27,4 +27,4 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 test: setup lint
-	$(PY) -m pytest -q -m "not gpu"
+	$(PY) -m pytest -q
