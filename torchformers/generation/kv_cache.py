@@ -50,21 +50,12 @@ class Int8KVCache(StaticKVCache):
     `kvcache_dtype: int8`): half the bytes of a bf16 cache, a quarter of fp32. `update` returns the whole
     cache dequantized to `dtype` for attention."""
 
-    def __init__(
-        self,
-        batch_size: int,
-        num_kv_heads: int,
-        max_length: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device | str | None = None,
-    ) -> None:
-        nn.Module.__init__(self)
-        self.dtype = dtype
-        shape = (batch_size, num_kv_heads, max_length, head_dim)
+    def __init__(self, batch_size: int, num_kv_heads: int, max_length: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str | None = None) -> None:  # fmt: skip
+        super().__init__(batch_size, num_kv_heads, max_length, head_dim, torch.int8, device)
+        self.dtype = dtype  # what `update` returns
         for name in ("key", "value"):
-            self.register_buffer(f"{name}_cache", torch.zeros(shape, dtype=torch.int8, device=device), persistent=False)
-            scale = torch.zeros((*shape[:3], 1), dtype=torch.float32, device=device)
+            scale = torch.zeros((batch_size, num_kv_heads, max_length, 1), dtype=torch.float32, device=device)
             self.register_buffer(f"{name}_scale", scale, persistent=False)
 
     @staticmethod
