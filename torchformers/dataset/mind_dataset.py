@@ -22,7 +22,9 @@ from torchformers.dataset.parquet_dataset import (
     DatasetFormatError,
     ParquetDataset,
     dataset_format,
-    resolve_dataset_files,
+    loader_columns,
+    loader_files,
+    loader_rows,
 )
 from torchformers.tools.register import MindFormerModuleType, MindFormerRegister
 
@@ -51,10 +53,7 @@ class MindRecordDataset:
         input_columns: list[str] | None = None,
         **kwargs,
     ):
-        source = dataset_dir if dataset_dir is not None else dataset_files
-        if source is None:
-            raise DatasetFormatError("data_loader needs dataset_dir (the MindRecord file or folder)")
-        self.files = resolve_dataset_files(source)
+        self.files = loader_files(dataset_dir, dataset_files, "MindRecord")
         self.shards = [MindRecordFile(f) for f in self.files]
         self.shuffle = bool(shuffle)
         self.ignored_args = sorted(kwargs)  # MindSpore-only options (num_parallel_workers, ...) have no effect here
@@ -65,11 +64,7 @@ class MindRecordDataset:
                     f"{shard.path} has the schema {shard.fields}, {first.path} has {first.fields}; "
                     "the files of one data set share one schema"
                 )
-        wanted = columns_list if columns_list is not None else input_columns
-        self.columns = list(wanted) if wanted else list(first.columns)
-        missing = [c for c in self.columns if c not in first.fields]
-        if missing:
-            raise DatasetFormatError(f"input_columns {missing} are not in {first.path} (it has {first.columns})")
+        self.columns = loader_columns(columns_list, input_columns, first.columns, first.path)
         self.metadata = {"format": "mindrecord", "schema": first.schema_name, "fields": first.fields}
         for shard in self.shards:
             shard.index()
@@ -77,9 +72,7 @@ class MindRecordDataset:
         total = int(self._starts[-1])
         if total == 0:
             raise DatasetFormatError(f"the MindRecord data set {', '.join(map(str, self.files))} holds no row")
-        if num_samples is not None and not 0 < int(num_samples) <= total:
-            raise DatasetFormatError(f"data_loader.num_samples={num_samples} but the data set has {total} rows")
-        self.num_rows = int(num_samples) if num_samples is not None else total
+        self.num_rows = loader_rows(num_samples, total)
 
     def __len__(self) -> int:
         return self.num_rows
@@ -97,8 +90,6 @@ class MindDataset:
     """MindFormers' data loader name: builds a `MindRecordDataset` or a `ParquetDataset` by the files' format."""
 
     def __new__(cls, dataset_dir=None, dataset_files=None, **kwargs):
+        kind = dataset_format(loader_files(dataset_dir, dataset_files, "MindRecord or Parquet"))
         source = dataset_dir if dataset_dir is not None else dataset_files
-        if source is None:
-            raise DatasetFormatError("data_loader needs dataset_dir (the MindRecord or Parquet file or folder)")
-        kind = dataset_format(resolve_dataset_files(source))
         return (MindRecordDataset if kind == "mindrecord" else ParquetDataset)(dataset_dir=source, **kwargs)

@@ -113,6 +113,31 @@ def _resolve_one(dataset_dir: str | os.PathLike, expand_shards: bool) -> list[Pa
     return files
 
 
+def loader_files(dataset_dir, dataset_files, what: str) -> list[Path]:
+    """The files a data loader reads: `dataset_dir`, or MindSpore's alias `dataset_files`."""
+    source = dataset_dir if dataset_dir is not None else dataset_files
+    if source is None:
+        raise DatasetFormatError(f"data_loader needs dataset_dir (the {what} file or folder)")
+    return resolve_dataset_files(source)
+
+
+def loader_columns(columns_list, input_columns, available: list[str], path) -> list[str]:
+    """`columns_list` (or its alias `input_columns`), all of `available` when neither is given."""
+    wanted = columns_list if columns_list is not None else input_columns
+    columns = list(wanted) if wanted else list(available)
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise DatasetFormatError(f"input_columns {missing} are not in {path} (it has {available})")
+    return columns
+
+
+def loader_rows(num_samples, total: int) -> int:
+    """`num_samples` first rows of `total` (all when None)."""
+    if num_samples is not None and not 0 < int(num_samples) <= total:
+        raise DatasetFormatError(f"data_loader.num_samples={num_samples} but the data set has {total} rows")
+    return int(num_samples) if num_samples is not None else total
+
+
 @MindFormerRegister.register(MindFormerModuleType.DATASET_LOADER)
 class ParquetDataset:
     """Rows of fixed-length token columns; `dataset[i]` is `{column: np.ndarray[int32]}`.
@@ -139,10 +164,7 @@ class ParquetDataset:
     ):
         import pyarrow.parquet as pq  # start-up time: `import torchformers` does not load pyarrow
 
-        source = dataset_dir if dataset_dir is not None else dataset_files
-        if source is None:
-            raise DatasetFormatError("data_loader needs dataset_dir (the preprocessed Parquet file or folder)")
-        self.files = resolve_dataset_files(source)
+        self.files = loader_files(dataset_dir, dataset_files, "preprocessed Parquet")
         if dataset_format(self.files) != "parquet":
             raise DatasetFormatError(
                 f"{self.files[0]} is a MindRecord file (MindSpore's format); data_loader.type ParquetDataset reads "
@@ -164,15 +186,9 @@ class ParquetDataset:
         for path, schema in zip(self.files[1:], schemas[1:]):
             if list(schema.names) != available:
                 raise DatasetFormatError(f"{path} has columns {schema.names}, {self.files[0]} has {available}")
-        wanted = columns_list if columns_list is not None else input_columns
-        self.columns = list(wanted) if wanted else available
-        missing = [c for c in self.columns if c not in available]
-        if missing:
-            raise DatasetFormatError(f"input_columns {missing} are not in {self.files[0]} (it has {available})")
+        self.columns = loader_columns(columns_list, input_columns, available, self.files[0])
         self.metadata = json.loads((schemas[0].metadata or {}).get(b"torchformers", b"{}"))
-        if num_samples is not None and not 0 < int(num_samples) <= total:
-            raise DatasetFormatError(f"data_loader.num_samples={num_samples} but the data set has {total} rows")
-        self.num_rows = int(num_samples) if num_samples is not None else total
+        self.num_rows = loader_rows(num_samples, total)
         self._starts = np.array([g[2] for g in self._groups], dtype=np.int64)
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._cache_size = max(1, int(row_group_cache))
