@@ -23,26 +23,56 @@ from torchformers.tools.register.config import MindFormerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 PREDICT_YAML = REPO / "configs" / "smollm2" / "predict_smollm2_135m.yaml"
-TINY_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
-              "seq_length": 256}  # fmt: skip
+TINY_MODEL = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "n_kv_heads": 2,
+    "intermediate_size": 128,
+    "seq_length": 256,
+}
+
+
+GGUF = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+CHECKPOINT = "smollm2_135m_instruct.safetensors"
+PREPARED = REPO / "checkpoint_download" / "smollm2"  # scripts/prepare_smollm2.py writes here
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer files, converted from the GGUF's metadata."""
+    folder = tmp_path_factory.mktemp("smollm2_tokenizer")
+    convert_gguf_tokenizer(fetch(GGUF), folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct's native checkpoint and tokenizer files, converted once per session."""
+    """SmolLM2-135M-Instruct's native checkpoint and tokenizer: those scripts/prepare_smollm2.py prepared, else
+    converted from the GGUF here (about a minute)."""
+    if all((PREPARED / name).is_file() for name in (CHECKPOINT, "tokenizer.json")):
+        return PREPARED
     folder = tmp_path_factory.mktemp("smollm2")
-    gguf = fetch("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    gguf = fetch(GGUF)
     convert_gguf_tokenizer(gguf, folder)
-    gguf_to_native(gguf, folder / "smollm2_135m_instruct.safetensors", dtype="fp32")
+    gguf_to_native(gguf, folder / CHECKPOINT, dtype="fp32")
     return folder
 
 
-def write_yaml(folder: Path, smollm2_dir: Path, *, tiny: bool, serve: dict | None = None, name="serve.yaml") -> Path:
+def write_yaml(
+    folder: Path,
+    smollm2_dir: Path,
+    *,
+    tiny: bool,
+    serve: dict | None = None,
+    name="serve.yaml",
+    checkpoint: Path | None = None,
+) -> Path:
     """The SmolLM2 predict YAML with its files in `smollm2_dir`; `tiny`: a small random Llama instead of the
     checkpoint (same tokenizer and chat template)."""
     cfg = yaml.safe_load(PREDICT_YAML.read_text())
     cfg = copy.deepcopy(cfg)
-    cfg["load_checkpoint"] = "" if tiny else str(smollm2_dir / "smollm2_135m_instruct.safetensors")
+    cfg["load_checkpoint"] = str(checkpoint or ("" if tiny else smollm2_dir / CHECKPOINT))
     cfg["processor"]["tokenizer"]["tokenizer_file"] = str(smollm2_dir / "tokenizer.json")
     cfg["context"] = {"device_target": "CPU"}
     cfg["output_dir"] = str(folder / "output")
@@ -55,14 +85,37 @@ def write_yaml(folder: Path, smollm2_dir: Path, *, tiny: bool, serve: dict | Non
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_yaml(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
+    """The SmolLM2 predict YAML with a small random Llama whose weights are saved to a checkpoint (so every
+    process that loads the YAML has the same model)."""
+    from safetensors.torch import save_file
+
+    from torchformers.models.llama import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny")
+    cfg = yaml.safe_load(PREDICT_YAML.read_text())["model"]["model_config"]
+    cfg = {k: v for k, v in cfg.items() if k != "type"}
+    cfg.update(TINY_MODEL)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**cfg))
+    weights = folder / "tiny.safetensors"
+    state = {k: v.clone().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(weights))  # the output layer is tied to the embedding (tie_word_embeddings)
+    return write_yaml(folder, smollm2_tokenizer_dir, tiny=True, checkpoint=weights)
+
+
 class RunningServer:
     """uvicorn serving `app` on a free port of 127.0.0.1, in a thread."""
 
     def __init__(self, app):
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    access_log=False, timeout_graceful_shutdown=2))  # fmt: skip
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=0, log_level="warning", access_log=False, timeout_graceful_shutdown=2
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 30
@@ -119,3 +172,25 @@ def http(url: str, method: str = "GET", body: bytes | str | None = None, headers
         return resp.status, dict(resp.getheaders()), resp.read().decode()
     finally:
         conn.close()
+
+
+def predict_network(yaml_path: Path):
+    """(model, tokenizer) exactly as `run_mode: predict` builds them from the YAML: the reference."""
+    from torchformers.tools.register.build import build_trainer
+
+    config = MindFormerConfig(str(yaml_path), run_mode="predict")
+    trainer = build_trainer(config.trainer)
+    model = trainer._build_predict_network(config)
+    model.eval()
+    return model, trainer.build_tokenizer(config)
+
+
+def chat_prompt_ids(tokenizer, messages) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def greedy_ids(model, prompt_ids: list[int], max_new_tokens: int, eos: int | list[int]) -> list[int]:
+    """The new tokens of `model.generate` (greedy), eos included when it stopped there."""
+    out = model.generate([prompt_ids], max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos)
+    return [int(t) for t in out[0][len(prompt_ids) :]]

@@ -8,6 +8,7 @@ are understood, and `adapter_id` picks an S-LoRA adapter.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Literal
 
@@ -141,19 +142,18 @@ class ErrorBody(BaseModel):
     error: ErrorInfo
 
 
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|(list|dict|tuple|function-\w+)\[.*\]|[A-Z]\w*)$")
+
+
 def _dotted(loc: tuple) -> str:
-    """('messages', 0, 'role') -> 'messages[0].role'; pydantic's union branch names are left out."""
+    """('messages', 0, 'role') -> 'messages[0].role'; pydantic's union branch tags ('str', 'list[int]', a model's
+    class name) are left out."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and (
-            part.startswith(("str", "list[", "int", "float", "bool", "dict[", "function-"))
-            or part in ("none", "ChatMessage", "StreamOptions")
-        ):
-            continue
-        else:
-            out += ("." if out else "") + part
+        elif not _UNION_TAG.match(str(part)):
+            out += ("." if out else "") + str(part)
     return out
 
 
