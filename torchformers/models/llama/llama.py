@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchformers.generation.kv_cache import StaticKVCache
+from torchformers.generation.paged_cache import PagedKVCache
 from torchformers.generation.text_generator import generation_state
 from torchformers.models.attention import causal_attention
 from torchformers.models.llama.convert_weight import LLAMA_FUSED, LLAMA_HF_KEY_MAP
@@ -90,6 +91,9 @@ class LLamaAttention(nn.Module):
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if getattr(kv_cache, "paged", False):  # the serving engine's paged cache stores and attends per request
+            out = kv_cache.attention(q, k, v)  # (1, n_heads, N, hd)
+            return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         if kv_cache is not None:  # generation: keys/values of all cached slots, (B, n_kv, L, hd)
             k, v = kv_cache.update(cache_position, k, v)
         if mask is None:  # plain causal: a blocked kernel on CPU, flash attention on GPU (see models/attention.py)
@@ -396,6 +400,29 @@ class LlamaForCausalLM(PretrainedModel):
         hidden = self.model(input_ids, None, position_ids, attention_mask, cache_position, kv_caches)  # (B, T, hidden)
         with self.model.precision(hidden.device.type):  # the head too, as in forward (weights in another dtype)
             return self.lm_head(hidden[:, -1]).float()
+
+    def paged_kv_caches(self, num_blocks: int, block_size: int, dtype: torch.dtype | None = None) -> list[PagedKVCache]:
+        """One paged KV cache per layer for the serving engine (`generation/engine.py`)."""
+        device = self.model.tok_embeddings.embedding_weight.device
+        dtype = dtype or self.config.compute_dtype
+        return [
+            PagedKVCache(num_blocks, block_size, layer.attention.n_kv_heads, layer.attention.head_dim, dtype, device)
+            for layer in self.model.layers
+        ]
+
+    def forward_paged(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        kv_caches: list[PagedKVCache],
+        logits_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """One engine step: the tokens of all scheduled requests as one sequence `(1, N)` with their RoPE
+        positions `(1, N)`, through paged caches whose `metadata` says which request each token belongs to;
+        float32 logits of the positions `logits_index` `(K,)`, `(K, vocab)`."""
+        hidden = self.model(input_ids, None, position_ids, None, None, kv_caches)  # (1, N, hidden)
+        with self.model.precision(hidden.device.type):
+            return self.lm_head(hidden[0].index_select(0, logits_index)).float()
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs: Any) -> dict:
         """Inputs of one generation step: the token ids plus the step's positions and mask as given."""
