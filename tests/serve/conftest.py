@@ -5,6 +5,7 @@ uvicorn servers started on free ports in a background thread."""
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
 from pathlib import Path
@@ -194,3 +195,60 @@ def greedy_ids(model, prompt_ids: list[int], max_new_tokens: int, eos: int | lis
     """The new tokens of `model.generate` (greedy), eos included when it stopped there."""
     out = model.generate([prompt_ids], max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos)
     return [int(t) for t in out[0][len(prompt_ids) :]]
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (the server runs in it, in a thread)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def soak(url: str, name: str, num_requests: int, num_clients: int, seed: int = 0, max_prompt_words: int = 200):
+    """`num_requests` requests from `num_clients` threads: random prompt lengths, streamed or not, a third
+    cancelled mid-stream, one in eight a bad request. Returns the list of (kind, outcome) and raises on any
+    unexpected answer."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    rng = random.Random(seed)
+    plans = []
+    for i in range(num_requests):
+        words = " ".join(
+            rng.choice(["sea", "sky", "river", "stone", "light", "wind"])
+            for _ in range(rng.randint(1, max_prompt_words))
+        )
+        kind = rng.choices(["stream", "cancel", "plain", "completion", "bad"], [3, 3, 2, 1, 1.3])[0]
+        plans.append((i, kind, words, rng.randint(1, 24), rng.randint(1, 6)))
+
+    def one(plan):
+        i, kind, words, max_tokens, cut = plan
+        messages = [{"role": "user", "content": f"{i}: {words}"}]
+        if kind == "bad":
+            status, _, body = http(
+                url + "/v1/chat/completions", "POST", json.dumps({"model": name, "messages": messages, "top_p": 3})
+            )
+            assert status == 400 and json.loads(body)["error"]["param"] == "top_p", body
+            return kind, status
+        if kind == "completion":
+            r = client.completions.create(model=name, prompt=words, max_tokens=max_tokens)
+            return kind, r.choices[0].finish_reason
+        if kind == "plain":
+            r = client.chat.completions.create(model=name, messages=messages, max_tokens=max_tokens)
+            return kind, r.choices[0].finish_reason
+        stream = client.chat.completions.create(model=name, messages=messages, max_tokens=max_tokens + 8, stream=True)
+        got = 0
+        for _chunk in stream:
+            got += 1
+            if kind == "cancel" and got >= cut:
+                stream.close()  # the client goes away mid-stream
+                return kind, "closed"
+        return kind, "done"
+
+    with ThreadPoolExecutor(num_clients) as pool:
+        return list(pool.map(one, plans))

@@ -12,7 +12,16 @@ import time
 import pytest
 import torch
 
-from tests.serve.conftest import chat_prompt_ids, greedy_ids, http, metric, predict_network, start_server
+from tests.serve.conftest import (
+    chat_prompt_ids,
+    greedy_ids,
+    http,
+    metric,
+    predict_network,
+    rss_bytes,
+    soak,
+    start_server,
+)
 
 openai = pytest.importorskip("openai")
 
@@ -347,3 +356,30 @@ def test_concurrent_streams_equal_each_alone(served):
     for t in threads:
         t.join(timeout=120)
     assert [results[i] for i in range(len(prompts))] == alone
+
+
+def _wait_idle(url: str) -> str:
+    deadline = time.time() + 20
+    while True:
+        text = http(url + "/metrics")[2]
+        idle = (
+            metric(text, "torchformers_num_requests_running") == 0
+            and metric(text, "torchformers_num_requests_waiting") == 0
+        )
+        if idle or time.time() > deadline:
+            return text
+        time.sleep(0.05)
+
+
+def test_small_soak_leaves_the_server_clean(served):
+    """A short version of the soak (tests/serve/test_smollm2_serve.py has the long one)."""
+    running, client, settings, model, tok = served
+    soak(running.url, settings.served_model_name, 20, 8, seed=1, max_prompt_words=60)
+    before = rss_bytes()
+    outcomes = soak(running.url, settings.served_model_name, 40, 8, seed=2, max_prompt_words=60)
+    assert {k for k, _ in outcomes} >= {"stream", "cancel", "bad"}
+    text = _wait_idle(running.url)
+    assert metric(text, "torchformers_kv_cache_free_blocks") == metric(text, "torchformers_kv_cache_blocks")
+    assert metric(text, "torchformers_server_queue_length") == 0
+    assert http(running.url + "/health")[0] == 200
+    assert rss_bytes() <= before * 1.10

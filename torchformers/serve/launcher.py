@@ -15,7 +15,6 @@ from pathlib import Path
 
 from torchformers.errors import ConfigError
 from torchformers.generation.engine import AsyncLLMEngine, LLMEngine
-from torchformers.pet.slora import SLoraConfig
 from torchformers.serve.app import ServeSettings, build_app
 from torchformers.tools.logger import logger
 from torchformers.tools.register.build import build_trainer
@@ -71,10 +70,6 @@ def serve_settings(config) -> ServeSettings:
         )
     api_key = os.environ.get(API_KEY_ENV) or section.get("api_key") or None
     mc = config.get_value("model.model_config") or {}
-    slora = mc.get("pet_config") if isinstance(mc, Mapping) else None
-    adapters: tuple[str, ...] = ()
-    if isinstance(slora, Mapping) and slora.get("pet_type") == "slora":
-        adapters = tuple(_slora_adapter_names(slora))
     port = section.get("port", defaults.port)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"{source}: serve.port is {port!r}; expected an integer in 0..65535")
@@ -100,12 +95,7 @@ def serve_settings(config) -> ServeSettings:
         top_k=int(mc.get("top_k", 0) or 0),
         top_p=float(mc.get("top_p", 1.0) or 1.0),
         repetition_penalty=float(mc.get("repetition_penalty", 1.0) or 1.0),
-        adapters=adapters,
     )
-
-
-def _slora_adapter_names(pet_config: Mapping) -> list[str]:
-    return list(SLoraConfig.from_any(pet_config).names)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
