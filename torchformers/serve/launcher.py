@@ -111,6 +111,19 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def _generation_defaults(settings: ServeSettings, gc) -> None:
+    """The defaults predict generates with: the model's generation config (the YAML's model_config over the
+    config class's defaults, e.g. do_sample True and top_k 5 when the YAML leaves them out)."""
+    if gc is None:
+        return
+    settings.default_max_tokens = getattr(gc, "max_new_tokens", None) or None
+    settings.do_sample = bool(getattr(gc, "do_sample", False))
+    settings.temperature = float(getattr(gc, "temperature", 1.0) or 1.0)
+    settings.top_k = int(getattr(gc, "top_k", 0) or 0)
+    settings.top_p = float(getattr(gc, "top_p", 1.0) or 1.0)
+    settings.repetition_penalty = float(getattr(gc, "repetition_penalty", 1.0) or 1.0)
+
+
 def build_engine(config, settings: ServeSettings | None = None):
     """The model and tokenizer as predict builds them, on an `LLMEngine`; returns (engine, tokenizer, settings)."""
     settings = settings or serve_settings(config)
@@ -128,6 +141,7 @@ def build_engine(config, settings: ServeSettings | None = None):
     finally:
         config.run_mode = run_mode
     model.eval()
+    _generation_defaults(settings, getattr(model, "generation_config", None))
     engine = LLMEngine(
         model,
         eos_token_ids=_eos_ids(model, tokenizer),
