@@ -146,7 +146,17 @@ def test_run_mode_serve_starts_a_server_that_answers(tiny_yaml, tmp_path):
 def test_chat_cli_streams_multi_turn_answers_through_stdin(tiny_yaml, tmp_path):
     first, second = "Write a short poem about the sea.", "Now one about the sky."
     proc = subprocess.run(
-        [sys.executable, "-m", "torchformers.chat", "--config", str(tiny_yaml), "--output_dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "torchformers.chat",
+            "--config",
+            str(tiny_yaml),
+            "--output_dir",
+            str(tmp_path),
+            "--model.model_config.max_new_tokens",
+            "16",
+        ],
         input=f"{first}\n{second}\n/reset\n{first}\n/exit\nnever read\n",
         capture_output=True,
         text=True,
@@ -164,7 +174,7 @@ def test_chat_cli_streams_multi_turn_answers_through_stdin(tiny_yaml, tmp_path):
     eos = tok.eos_token_id
 
     def reference(messages):
-        return tok.decode(greedy_ids(model, chat_prompt_ids(tok, messages), 64, eos), skip_special_tokens=True)
+        return tok.decode(greedy_ids(model, chat_prompt_ids(tok, messages), 16, eos), skip_special_tokens=True)
 
     want1 = reference([{"role": "user", "content": first}])
     want2 = reference(

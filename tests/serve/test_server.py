@@ -383,3 +383,16 @@ def test_small_soak_leaves_the_server_clean(served):
     assert metric(text, "torchformers_server_queue_length") == 0
     assert http(running.url + "/health")[0] == 200
     assert rss_bytes() <= before * 1.10
+
+
+def test_a_stopped_engine_answers_503_with_retry_after(tiny_yaml):
+    running, engine, tokenizer, settings, config = start_server(tiny_yaml)
+    try:
+        running.async_engine.shutdown()
+        body = json.dumps({"model": settings.served_model_name, "messages": MESSAGES, "max_tokens": 2})
+        status, headers, text = http(running.url + "/v1/chat/completions", "POST", body)
+        assert status == 503 and int(headers["retry-after"]) >= 1
+        assert json.loads(text)["error"]["code"] == "engine_unavailable"
+        assert http(running.url + "/health")[0] == 503
+    finally:
+        running.stop()

@@ -100,6 +100,11 @@ class APIError(Exception):
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
+def _stream_error(err: BaseException) -> dict:
+    """The event a stream ends with when the engine fails after the answer has begun."""
+    return {"error": {"message": f"generation failed: {err}", "type": "server_error", "param": None, "code": None}}
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
@@ -276,10 +281,10 @@ class _Server:
                 if param in ("prompt", "messages", "prompt_ids"):
                     param = prompt_field
                 raise APIError(400, str(err), param) from None
-            if isinstance(err, StopAsyncIteration):
+            if isinstance(err, (StopAsyncIteration, RuntimeError)):  # the engine is shut down or its step failed
                 raise APIError(
                     503,
-                    "the engine ended the request before its first output",
+                    f"the engine cannot take requests now ({err or 'it ended the request'})",
                     None,
                     "engine_unavailable",
                     retry_after=1,
@@ -536,6 +541,9 @@ def build_app(engine, tokenizer, settings: ServeSettings) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        thread = getattr(engine, "_thread", None)
+        if thread is not None and not thread.is_alive():
+            raise APIError(503, "the engine is not running", None, "engine_unavailable", retry_after=5)
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -614,7 +622,8 @@ def build_app(engine, tokenizer, settings: ServeSettings) -> FastAPI:
                             **extra,
                         }
                     )
-                async for changed in server.run(seqs, gens, firsts, arrival):
+
+                def chat_events(changed):
                     for s in changed:
                         piece = s.text.take()
                         lp = None
@@ -651,6 +660,15 @@ def build_app(engine, tokenizer, settings: ServeSettings) -> FastAPI:
                                     **extra,
                                 }
                             )
+
+                try:
+                    async for changed in server.run(seqs, gens, firsts, arrival):
+                        for event in chat_events(changed):
+                            yield event
+                except Exception as err:  # noqa: BLE001 - the engine failed mid-stream: say so, then end
+                    yield _sse(_stream_error(err))
+                    yield b"data: [DONE]\n\n"
+                    return
                 if include_usage:
                     yield _sse({**base, "choices": [], "usage": server.usage(seqs)})
                 yield b"data: [DONE]\n\n"
@@ -733,7 +751,8 @@ def build_app(engine, tokenizer, settings: ServeSettings) -> FastAPI:
                 sent_lp = [0] * len(seqs)
                 offsets = [0] * len(seqs)
                 echoed = [False] * len(seqs)
-                async for changed in server.run(seqs, gens, firsts, arrival):
+
+                def completion_events(changed):
                     for s in changed:
                         piece = s.text.take()
                         lp = None
@@ -761,6 +780,15 @@ def build_app(engine, tokenizer, settings: ServeSettings) -> FastAPI:
                                     **extra,
                                 }
                             )
+
+                try:
+                    async for changed in server.run(seqs, gens, firsts, arrival):
+                        for event in completion_events(changed):
+                            yield event
+                except Exception as err:  # noqa: BLE001 - the engine failed mid-stream: say so, then end
+                    yield _sse(_stream_error(err))
+                    yield b"data: [DONE]\n\n"
+                    return
                 if include_usage:
                     yield _sse({**base, "choices": [], "usage": server.usage(seqs)})
                 yield b"data: [DONE]\n\n"
