@@ -134,11 +134,11 @@ def test_run_mode_serve_starts_a_server_that_answers(tiny_yaml, tmp_path):
             headers={"Authorization": "Bearer k1"},
         )
         assert status == 200 and json.loads(body)["usage"]["completion_tokens"] >= 1
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop, no traceback
+        rest = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 0 and "server stopped" in rest and "Traceback" not in rest, rest
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
 

@@ -9,7 +9,10 @@ YAML's `serve:` section holds the server's settings, and `model.model_config` th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -155,23 +158,36 @@ def build_engine(config, settings: ServeSettings | None = None):
     return engine, tokenizer, settings
 
 
-def serve_from_config(config) -> None:
-    """Build the engine and serve the OpenAI API with uvicorn until interrupted."""
+def _uvicorn_server(app, host: str, port: int):
+    """A uvicorn server that stops on SIGINT / SIGTERM and returns (uvicorn re-raises the signal once it has
+    shut down, which would end the launcher with a traceback)."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5
+    )
+    return Server(config)
+
+
+def serve_from_config(config) -> None:
+    """Build the engine and serve the OpenAI API with uvicorn until SIGINT / SIGTERM."""
     engine, tokenizer, settings = build_engine(config)
     async_engine = AsyncLLMEngine(engine)
     app = build_app(async_engine, tokenizer, settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
-    )
+    server = _uvicorn_server(app, settings.host, settings.port)
 
     async def announce():
         while not server.started:
@@ -198,6 +214,7 @@ def serve_from_config(config) -> None:
         asyncio.run(main())
     finally:
         async_engine.shutdown()
+    logger.info("server stopped")
 
 
 def chat_from_config(config, stdin=None, stdout=None) -> None:
