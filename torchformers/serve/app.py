@@ -28,10 +28,25 @@ from torchformers.generation.engine import EngineError, SamplingParams
 from torchformers.serve.detokenize import IncrementalText
 from torchformers.serve.metrics import CONTENT_TYPE, ServerMetrics
 from torchformers.serve.protocol import (
+    AssistantMessage,
+    ChatChoiceLogprobs,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamChoice,
+    ChatLogprob,
+    ChatTokenLogprob,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
     CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
     ModelCard,
     ModelList,
+    UsageInfo,
+    chunk_json,
     field_of_validation_error,
     message_of_validation_error,
 )
@@ -385,66 +400,57 @@ class _Server:
                     self.waiting -= 1
 
     # ------------------------------------------------------------------ logprobs in OpenAI's shapes
-    def chat_logprobs(self, entries, top_n: int) -> list[dict]:
-        out = []
-        for e in entries:
-            tok = self.token_text(e.token_id)
-            out.append(
-                {
-                    "token": tok,
-                    "logprob": e.logprob,
-                    "bytes": list(tok.encode("utf-8")),
-                    "top_logprobs": [
-                        {"token": (t := self.token_text(i)), "logprob": lp, "bytes": list(t.encode("utf-8"))}
-                        for i, lp in e.top[:top_n]
-                    ],
-                }
+    def chat_logprobs(self, entries, top_n: int) -> list[ChatTokenLogprob]:
+        def one(token_id: int, logprob: float) -> dict:
+            tok = self.token_text(token_id)
+            return {"token": tok, "logprob": logprob, "bytes": list(tok.encode("utf-8"))}
+
+        return [
+            ChatTokenLogprob(
+                **one(e.token_id, e.logprob), top_logprobs=[ChatLogprob(**one(i, lp)) for i, lp in e.top[:top_n]]
             )
-        return out
+            for e in entries
+        ]
 
     def completion_logprobs(self, entries, offset: int, prompt: tuple[list[int], list] | None = None):
         """OpenAI's completions `logprobs` for the tokens (prompt ones first with echo), and the offset after."""
-        tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+        out = CompletionLogprobs()
+
+        def add(tok: str, logprob: float | None, top: dict | None) -> None:
+            nonlocal offset
+            out.tokens.append(tok)
+            out.token_logprobs.append(logprob)
+            out.top_logprobs.append(top)
+            out.text_offset.append(offset)
+            offset += len(tok)
+
         if prompt is not None:
             ids, lps = prompt
             for k, tid in enumerate(ids):
                 tok = self.token_text(tid)
                 lp = lps[k] if k < len(lps) else None
-                tokens.append(tok)
-                token_logprobs.append(lp)
-                top_logprobs.append(None if lp is None else {tok: lp})
-                text_offset.append(offset)
-                offset += len(tok)
+                add(tok, lp, None if lp is None else {tok: lp})
         for e in entries:
             tok = self.token_text(e.token_id)
             top = {self.token_text(i): lp for i, lp in e.top}
             top.setdefault(tok, e.logprob)
-            tokens.append(tok)
-            token_logprobs.append(e.logprob)
-            top_logprobs.append(top)
-            text_offset.append(offset)
-            offset += len(tok)
-        return {
-            "tokens": tokens,
-            "token_logprobs": token_logprobs,
-            "top_logprobs": top_logprobs,
-            "text_offset": text_offset,
-        }, offset
+            add(tok, e.logprob, top)
+        return out, offset
 
     @staticmethod
-    def usage(seqs: list[_Seq]) -> dict:
+    def usage(seqs: list[_Seq]) -> UsageInfo:
         prompt = {s.prompt_index: len(s.prompt_ids) for s in seqs}
-        cached = {}
+        cached: dict[int, int] = {}
         for s in seqs:
             cached[s.prompt_index] = max(cached.get(s.prompt_index, 0), s.num_cached_tokens)
         completion = sum(s.text.num_tokens for s in seqs)
         total_prompt = sum(prompt.values())
-        return {
-            "prompt_tokens": total_prompt,
-            "completion_tokens": completion,
-            "total_tokens": total_prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": sum(cached.values())},
-        }
+        return UsageInfo(
+            prompt_tokens=total_prompt,
+            completion_tokens=completion,
+            total_tokens=total_prompt + completion,
+            prompt_tokens_details={"cached_tokens": sum(cached.values())},
+        )
 
 
 async def _parse(request: Request, model_cls):
@@ -603,74 +609,51 @@ def build_app(engine, tokenizer, settings: ServeSettings) -> FastAPI:
             gens, firsts = await server.start(seqs, arrival, "messages")
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+            def chunk(choices, usage=None) -> bytes:
+                c = ChatCompletionChunk(id=rid, created=created, model=req.model, choices=choices, usage=usage)
+                return _sse(chunk_json(c, include_usage))
+
             async def stream():
-                base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model}
-                extra = {"usage": None} if include_usage else {}
                 sent_lp = [0] * len(seqs)
                 for s in seqs:
-                    yield _sse(
-                        {
-                            **base,
-                            "choices": [
-                                {
-                                    "index": s.index,
-                                    "delta": {"role": "assistant", "content": ""},
-                                    "logprobs": None,
-                                    "finish_reason": None,
-                                }
-                            ],
-                            **extra,
-                        }
+                    yield chunk(
+                        [ChatCompletionStreamChoice(index=s.index, delta=DeltaMessage(role="assistant", content=""))]
                     )
 
-                def chat_events(changed):
+                def events(changed):
                     for s in changed:
                         piece = s.text.take()
                         lp = None
                         if req.logprobs and len(s.logprobs) > sent_lp[s.index]:
-                            lp = {"content": server.chat_logprobs(s.logprobs[sent_lp[s.index] :], top_n)}
+                            lp = ChatChoiceLogprobs(content=server.chat_logprobs(s.logprobs[sent_lp[s.index] :], top_n))
                             sent_lp[s.index] = len(s.logprobs)
                         if piece or lp:
-                            yield _sse(
-                                {
-                                    **base,
-                                    "choices": [
-                                        {
-                                            "index": s.index,
-                                            "delta": {"content": piece},
-                                            "logprobs": lp,
-                                            "finish_reason": None,
-                                        }
-                                    ],
-                                    **extra,
-                                }
+                            yield chunk(
+                                [
+                                    ChatCompletionStreamChoice(
+                                        index=s.index, delta=DeltaMessage(content=piece), logprobs=lp
+                                    )
+                                ]
                             )
                         if s.finish_reason is not None:
-                            yield _sse(
-                                {
-                                    **base,
-                                    "choices": [
-                                        {
-                                            "index": s.index,
-                                            "delta": {},
-                                            "logprobs": None,
-                                            "finish_reason": s.finish_reason,
-                                        }
-                                    ],
-                                    **extra,
-                                }
+                            yield chunk(
+                                [
+                                    ChatCompletionStreamChoice(
+                                        index=s.index, delta=DeltaMessage(), finish_reason=s.finish_reason
+                                    )
+                                ]
                             )
 
                 try:
                     async for changed in server.run(seqs, gens, firsts, arrival):
-                        for event in chat_events(changed):
+                        for event in events(changed):
                             yield event
                 except Exception as err:  # noqa: BLE001 - the engine failed mid-stream: say so, then end
                     yield _sse(_stream_error(err))
                     yield b"data: [DONE]\n\n"
                     return
                 if include_usage:
-                    yield _sse({**base, "choices": [], "usage": server.usage(seqs)})
+                    yield chunk([], server.usage(seqs))
                 yield b"data: [DONE]\n\n"
 
             return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -679,28 +662,22 @@ def build_app(engine, tokenizer, settings: ServeSettings) -> FastAPI:
             gens, firsts = await server.start(seqs, arrival, "messages")
             async for _ in server.run(seqs, gens, firsts, arrival):
                 pass
-            return seqs
 
         await _until_disconnect(request, complete())
-        choices = []
-        for s in seqs:
-            choice = {
-                "index": s.index,
-                "message": {"role": "assistant", "content": s.text.text},
-                "logprobs": None,
-                "finish_reason": s.finish_reason,
-            }
-            if req.logprobs:
-                choice["logprobs"] = {"content": server.chat_logprobs(s.logprobs[: s.text.num_tokens], top_n)}
-            choices.append(choice)
-        return {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": req.model,
-            "choices": choices,
-            "usage": server.usage(seqs),
-        }
+        choices = [
+            ChatCompletionChoice(
+                index=s.index,
+                message=AssistantMessage(content=s.text.text),
+                finish_reason=s.finish_reason,
+                logprobs=ChatChoiceLogprobs(content=server.chat_logprobs(s.logprobs[: s.text.num_tokens], top_n))
+                if req.logprobs
+                else None,
+            )
+            for s in seqs
+        ]
+        return ChatCompletionResponse(
+            id=rid, created=created, model=req.model, choices=choices, usage=server.usage(seqs)
+        ).model_dump()
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -745,14 +722,16 @@ def build_app(engine, tokenizer, settings: ServeSettings) -> FastAPI:
             gens, firsts = await server.start(seqs, arrival, "prompt")
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+            def chunk(choices, usage=None) -> bytes:
+                c = CompletionChunk(id=rid, created=created, model=req.model, choices=choices, usage=usage)
+                return _sse(chunk_json(c, include_usage))
+
             async def stream():
-                base = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
-                extra = {"usage": None} if include_usage else {}
                 sent_lp = [0] * len(seqs)
                 offsets = [0] * len(seqs)
                 echoed = [False] * len(seqs)
 
-                def completion_events(changed):
+                def events(changed):
                     for s in changed:
                         piece = s.text.take()
                         lp = None
@@ -765,32 +744,25 @@ def build_app(engine, tokenizer, settings: ServeSettings) -> FastAPI:
                             new = s.logprobs[sent_lp[s.index] :]
                             lp, offsets[s.index] = server.completion_logprobs(new, offsets[s.index], prompt_part)
                             sent_lp[s.index] = len(s.logprobs)
-                        if piece or s.finish_reason is not None or (lp and lp["tokens"]):
-                            yield _sse(
-                                {
-                                    **base,
-                                    "choices": [
-                                        {
-                                            "index": s.index,
-                                            "text": piece,
-                                            "logprobs": lp,
-                                            "finish_reason": s.finish_reason,
-                                        }
-                                    ],
-                                    **extra,
-                                }
+                        if piece or s.finish_reason is not None or (lp and lp.tokens):
+                            yield chunk(
+                                [
+                                    CompletionChoice(
+                                        index=s.index, text=piece, logprobs=lp, finish_reason=s.finish_reason
+                                    )
+                                ]
                             )
 
                 try:
                     async for changed in server.run(seqs, gens, firsts, arrival):
-                        for event in completion_events(changed):
+                        for event in events(changed):
                             yield event
                 except Exception as err:  # noqa: BLE001 - the engine failed mid-stream: say so, then end
                     yield _sse(_stream_error(err))
                     yield b"data: [DONE]\n\n"
                     return
                 if include_usage:
-                    yield _sse({**base, "choices": [], "usage": server.usage(seqs)})
+                    yield chunk([], server.usage(seqs))
                 yield b"data: [DONE]\n\n"
 
             return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -803,20 +775,13 @@ def build_app(engine, tokenizer, settings: ServeSettings) -> FastAPI:
         await _until_disconnect(request, complete())
         choices = []
         for s in seqs:
-            text = s.text.text
             lp = None
             if req.logprobs is not None:
                 lp, _ = server.completion_logprobs(s.logprobs[: s.text.num_tokens], 0, echo_logprobs(s))
-            if req.echo:
-                text = texts[s.prompt_index] + text
-            choices.append({"index": s.index, "text": text, "logprobs": lp, "finish_reason": s.finish_reason})
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": req.model,
-            "choices": choices,
-            "usage": server.usage(seqs),
-        }
+            text = texts[s.prompt_index] + s.text.text if req.echo else s.text.text
+            choices.append(CompletionChoice(index=s.index, text=text, logprobs=lp, finish_reason=s.finish_reason))
+        return CompletionResponse(
+            id=rid, created=created, model=req.model, choices=choices, usage=server.usage(seqs)
+        ).model_dump()
 
     return app
