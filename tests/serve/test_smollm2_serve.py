@@ -42,7 +42,18 @@ def test_greedy_chat_equals_run_mode_predict(smol, tmp_path):
     running, client, settings, tok, path = smol
     results = run(
         config_from_args(
-            ["--config", str(path), "--run_mode", "predict", "--predict_data", QUESTION, "--output_dir", str(tmp_path)]
+            [
+                "--config",
+                str(path),
+                "--run_mode",
+                "predict",
+                "--predict_data",
+                QUESTION,
+                "--output_dir",
+                str(tmp_path),
+                "--save_file",
+                str(tmp_path / "result.txt"),
+            ]
         )
     )
     predicted = results[0]["text_generation_text"][0]  # prompt and answer, decoded together
