@@ -241,3 +241,31 @@ def test_block_allocator_prefix_cache_evicts_least_recent():
     c = alloc.allocate()  # the never-cached block first
     d = alloc.allocate()  # then the least recently freed cached one: b (released last-first, a last)
     assert {c, d} == {2, b} and alloc.lookup(keys) == [a]
+
+
+@pytest.mark.parametrize("variant", ["lora", "int8", "int4", "prepacked"])
+def test_adapted_quantized_and_prepacked_models_serve_as_they_generate(variant):
+    """LoRA served unmerged, quantized layers and oneDNN-prepacked weights: the engine runs the model as
+    `generate` does."""
+    from torchformers.generation import prepare_for_cpu_inference, quantization_settings, quantize_model
+    from torchformers.pet import get_pet_model
+
+    model = tiny_model(seed=1)
+    if variant == "lora":
+        get_pet_model(model, {"pet_type": "lora", "lora_rank": 4, "lora_alpha": 8, "target_modules": ".*wq|.*w2"})
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_b" in name:
+                    p.normal_(std=0.2)  # a trained adapter (B starts at zero)
+    elif variant in ("int8", "int4"):
+        extra = {"group_size": 32} if variant == "int4" else {}
+        quantize_model(model, quantization_settings({"quant_method": variant, **extra}))
+    else:
+        prepare_for_cpu_inference(model)
+    model.eval()
+    engine = LLMEngine(model, eos_token_ids=[EOS], block_size=8, max_num_batched_tokens=32)
+    ps = prompts(4, seed=13)
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    got = run_all(engine, {f"r{i}": (p, params) for i, p in enumerate(ps)})["tokens"]
+    for i, p in enumerate(ps):
+        assert got[f"r{i}"] == reference(model, p, 8), f"request {i}"

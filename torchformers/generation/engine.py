@@ -421,6 +421,7 @@ class LLMEngine:
         outputs = []
         starts = list(itertools.accumulate([0] + [n for _, n in scheduled]))
         row_of = {r: i for i, r in enumerate(logits_rows)}
+        argmax = logits.argmax(dim=-1).tolist()  # every greedy row at once
         for (request, n), start in zip(scheduled, starts):
             begin = request.num_computed
             request.num_computed += n
@@ -429,7 +430,8 @@ class LLMEngine:
                 self._prompt_logprobs(request, logits, row_of, start, begin, n)
             if request.num_computed < len(request.tokens):
                 continue  # a prompt chunk: nothing to sample yet
-            token, logprob = self._sample(request, logits[row_of[start + n - 1]])
+            row = row_of[start + n - 1]
+            token, logprob = self._sample(request, logits[row], argmax[row])
             request.tokens.append(token)
             self._generation_tokens += 1
             if token in request.stop_ids:  # (not before min_tokens: _sample masks them until then)
@@ -463,10 +465,14 @@ class LLMEngine:
         logp = torch.log_softmax(logits.index_select(0, rows), dim=-1).gather(1, targets[:, None])[:, 0]
         request.prompt_logprobs.extend(logp.tolist())
 
-    def _sample(self, request: _Request, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
+    def _sample(self, request: _Request, logits: torch.Tensor, argmax: int) -> tuple[int, TokenLogprob | None]:
+        """The next token of `request` from its logits `(vocab,)` (`argmax` is theirs, computed for the batch)."""
         params = request.params
         raw = logits
         scores = logits
+        plain = params.repetition_penalty == 1.0 and not (params.min_tokens and request.num_output < params.min_tokens)
+        if params.greedy and plain and params.logprobs is None:
+            return argmax, None
         if params.repetition_penalty != 1.0:
             seen = torch.tensor(sorted(set(request.tokens)), device=logits.device)
             picked = scores.index_select(0, seen)
