@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 
 import torchformers  # noqa: F401  (registers the library's classes)
 from torchformers.errors import ConfigError, TorchformersError, run_cli
-from torchformers.serve.launcher import chat_from_config, serve_from_config
 from torchformers.tools.context import build_context
 from torchformers.tools.logger import logger
 from torchformers.tools.register.build import build_trainer
@@ -364,10 +363,11 @@ def run(config: MindFormerConfig):
             f"{config.source_file}: the config needs a 'trainer' section with a 'type' "
             "(e.g. CausalLanguageModelingTrainer)"
         )
-    if config.run_mode == "serve":
-        return serve_from_config(config)
-    if config.run_mode == "chat":
-        return chat_from_config(config)
+    if config.run_mode in ("serve", "chat"):
+        # imported here: the web stack (FastAPI, uvicorn) loads only for the run modes that use it
+        from torchformers.serve.launcher import chat_from_config, serve_from_config
+
+        return (serve_from_config if config.run_mode == "serve" else chat_from_config)(config)
     trainer = build_trainer(config.trainer)
     if config.run_mode in ("train", "finetune"):
         return trainer.train(config=config)
