@@ -146,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantize the linear layers for inference: int8 per channel or int4 in groups of 32 "
         "(model.model_config.quantization_config)",
     )
+    add("--host", type=str, help="run_mode serve: address to listen on (serve.host, default 127.0.0.1)")
+    add("--port", type=int, help="run_mode serve: port to listen on (serve.port, default 8000)")
+    add(
+        "--api_key",
+        type=str,
+        help="run_mode serve: clients must send 'Authorization: Bearer KEY' (serve.api_key; "
+        "or the TORCHFORMERS_API_KEY environment variable)",
+    )
     add(
         "--trust_remote_code",
         type=str2bool,
@@ -262,6 +270,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> MindFormerConfig:
             if isinstance(config.get_value(f"{section}.data_loader"), Mapping):
                 config.set_value(f"{section}.data_loader.num_samples", args.num_samples)
     set_if(args.output_dir, "output_dir")
+    set_if(args.host, "serve.host")
+    set_if(args.port, "serve.port")
+    set_if(args.api_key, "serve.api_key")
 
     for dotted, value in parse_overrides(extra):
         apply_override(config, dotted, value)
@@ -352,6 +363,11 @@ def run(config: MindFormerConfig):
             f"{config.source_file}: the config needs a 'trainer' section with a 'type' "
             "(e.g. CausalLanguageModelingTrainer)"
         )
+    if config.run_mode in ("serve", "chat"):
+        # imported here: the web stack (FastAPI, uvicorn) loads only for the run modes that use it
+        from torchformers.serve.launcher import chat_from_config, serve_from_config
+
+        return (serve_from_config if config.run_mode == "serve" else chat_from_config)(config)
     trainer = build_trainer(config.trainer)
     if config.run_mode in ("train", "finetune"):
         return trainer.train(config=config)

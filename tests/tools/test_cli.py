@@ -118,7 +118,7 @@ def test_free_form_overrides(yaml_path):
             ["--parallel_config.data_paralel", "2"],
             r"unknown key 'parallel_config.data_paralel'; did you mean 'data_parallel'",
         ),
-        (["--run_mode", "serve"], "run_mode is 'serve'"),
+        (["--run_mode", "deploy"], "run_mode is 'deploy'"),
         (["--modal_type", "image"], "multimodal inputs are not supported"),
         (["--only_save_strategy", "true"], "only_save_strategy"),
     ],

@@ -104,8 +104,9 @@ def test_strict_sections_reject_unknown_keys(tmp_path, section, key, hint):
 
 
 def test_invalid_run_mode_in_yaml(tmp_path):
-    with pytest.raises(ConfigError, match="run_mode is 'serve'; expected one of train, finetune, eval, predict"):
-        MindFormerConfig(str(write(tmp_path / "r.yaml", "run_mode: serve\n")))
+    expected = "run_mode is 'deploy'; expected one of train, finetune, eval, predict, serve, chat"
+    with pytest.raises(ConfigError, match=expected):
+        MindFormerConfig(str(write(tmp_path / "r.yaml", "run_mode: deploy\n")))
 
 
 @pytest.mark.parametrize(

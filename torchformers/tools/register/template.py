@@ -1,7 +1,7 @@
 """Run-mode templates: defaults filled in, strict sections checked (MindFormers r1.5 `template.py`).
 
 For each section the run mode selects, class defaults are filled in and YAML values override them.
-Strict sections (`parallel_config`, `recompute_config`, `swap_config`, `moe_config`, `runner_config`,
+Strict sections (`parallel_config`, `recompute_config`, `swap_config`, `moe_config`, `runner_config`, `serve`,
 `monitor_config`) reject unknown keys, naming the file, the dotted key and the closest valid keys.
 Sections given as a whole (`runner_wrapper`, `optimizer`, `lr_schedule`, `metric`) are not merged
 with the default block when present: the user's block replaces it, as in MindFormers.
@@ -19,7 +19,7 @@ from torchformers.tools.logger import logger
 
 __all__ = ["GENERAL_DEFAULTS", "RUN_MODES", "STRICT_DEFAULTS", "apply_template", "check_strict_sections"]
 
-RUN_MODES = ("train", "finetune", "eval", "predict")
+RUN_MODES = ("train", "finetune", "eval", "predict", "serve", "chat")
 
 GENERAL_DEFAULTS: dict = {
     "seed": 1,
@@ -163,6 +163,21 @@ STRICT_DEFAULTS: dict[str, dict] = {
         "use_fused_ops_permute": False,
         "callback_moe_droprate": False,
     },
+    # run_mode serve / chat: the OpenAI-compatible server and the engine under it (docs/serving.md)
+    "serve": {
+        "host": "127.0.0.1",
+        "port": 8000,
+        "api_key": None,
+        "served_model_name": None,
+        "max_num_seqs": 16,
+        "max_num_batched_tokens": 512,
+        "block_size": 16,
+        "num_blocks": None,
+        "max_model_len": None,
+        "enable_prefix_caching": True,
+        "max_queue": 256,
+        "max_n": 8,
+    },
 }
 
 LENIENT_DEFAULTS: dict[str, dict] = {
@@ -223,6 +238,8 @@ _SECTIONS_BY_MODE = {
     "finetune": _TRAIN_SECTIONS,
     "eval": _EVAL_SECTIONS,
     "predict": ("processor",),
+    "serve": ("processor", "serve"),
+    "chat": ("processor", "serve"),
 }
 _REQUIRED_KEYS = {"trainer": ("type",), "model": ("model_config", "arch")}
 
