@@ -294,6 +294,7 @@ def start_server(name: str, args, log_dir: Path) -> Server:
                "--port", str(port), "--max-model-len", "2048", "--served-model-name", "smol",
                *shlex.split(args.vllm_args)]  # fmt: skip
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        env.pop("PYTHONPATH", None)  # vLLM runs in its own environment, not on the project's path
         model = "smol"
     elif name == "transformers":
         model = str(Path(args.hf_dir).resolve())
@@ -307,7 +308,11 @@ def start_server(name: str, args, log_dir: Path) -> Server:
     with open(log, "wb") as f:
         process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(name, url, model, process, log, ignore_eos)
-    wait_healthy(server, args.startup_timeout)
+    try:
+        wait_healthy(server, args.startup_timeout)
+    except BaseException:
+        stop_server(server)
+        raise
     return server
 
 
@@ -357,7 +362,8 @@ def served_model(server: Server) -> str:
 # The run
 
 
-def bench_server(server: Server, args) -> list[dict]:
+def bench_server(server: Server, args, rows: list[dict]) -> None:
+    """Measure `server` at every concurrency of `args.clients`, appending a row per level to `rows`."""
     model = served_model(server)
     print(f"[{server.name}] model {model!r} at {server.url}: warm-up request", flush=True)
 
@@ -369,7 +375,6 @@ def bench_server(server: Server, args) -> list[dict]:
     warm, _ = level(1, 1)
     if warm[0].error:
         raise RuntimeError(f"[{server.name}] warm-up request failed: {warm[0].error}")
-    rows = []
     pid = server.process.pid if server.process is not None else None
     for clients in args.clients:
         with PeakRSS(pid) as mem:
@@ -377,11 +382,11 @@ def bench_server(server: Server, args) -> list[dict]:
         row = {"server": server.name, "clients": clients, **summarize(results, wall, args.max_tokens)}
         row["peak_mib"] = mem.peak / 2**20 if pid is not None else None
         rows.append(row)
+        peak = "" if pid is None else f", peak RSS {row['peak_mib']:.0f} MiB"
         print(f"[{server.name}] {clients:3d} clients: {row['tok_s']:.1f} output tok/s, TTFT p50 "
-              f"{row['ttft_p50']:.0f} ms, ITL p50 {row['itl_p50']:.1f} ms", flush=True)  # fmt: skip
+              f"{row['ttft_p50']:.0f} ms, ITL p50 {row['itl_p50']:.1f} ms{peak}", flush=True)  # fmt: skip
         for error in row["errors"][:3]:
             print(f"[{server.name}]   error: {error}", flush=True)
-    return rows
 
 
 def print_table(rows: list[dict], markdown: bool) -> None:
@@ -393,6 +398,9 @@ def print_table(rows: list[dict], markdown: bool) -> None:
         return (r["server"], str(r["clients"]), str(r["requests"]), f"{r['tok_s']:.1f}", f"{r['ttft_p50']:.0f}",
                 f"{r['ttft_p99']:.0f}", f"{r['itl_p50']:.1f}", f"{r['itl_p99']:.1f}", peak)  # fmt: skip
 
+    if not rows:
+        print("no level was measured")
+        return
     rows = sorted(rows, key=lambda r: (r["clients"], r["server"] != "ours"))
     if markdown:
         print("| " + " | ".join(header) + " |")
@@ -471,21 +479,31 @@ def main() -> int:
     if not names and not args.url:
         raise SystemExit("nothing to measure: give --servers or --url")
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `timeout` and job control stop the servers too
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         log_dir = Path(args.log_dir or tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
-        for spec in args.url:
-            label, _, url = spec.partition("=") if "=" in spec.split("://")[0] else ("", "", spec)
-            server = Server(label or url, url.rstrip("/"), args.model)
-            rows += bench_server(server, args)
-        for name in names:
-            server = start_server(name, args, log_dir)
-            try:
-                rows += bench_server(server, args)
-            finally:
-                stop_server(server)
-                print(f"[{name}] stopped", flush=True)
+        try:
+            for spec in args.url:
+                label, _, url = spec.partition("=") if "=" in spec.split("://")[0] else ("", "", spec)
+                bench_server(Server(label or url, url.rstrip("/"), args.model), args, rows)
+            for name in names:
+                try:
+                    server = start_server(name, args, log_dir)
+                except RuntimeError as exc:
+                    print(f"{exc}\n[{name}] not measured", flush=True)
+                    continue
+                try:
+                    bench_server(server, args, rows)
+                finally:
+                    stop_server(server)
+                    print(f"[{name}] stopped", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted: the table below has the levels measured so far", flush=True)
 
     print(f"\n{args.requests_per_client} requests per client, {args.max_tokens} output tokens each "
           f"(ignore_eos, temperature 0); prompt: {args.prompt!r}")  # fmt: skip
