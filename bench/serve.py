@@ -505,8 +505,8 @@ def main() -> int:
         except KeyboardInterrupt:
             print("interrupted: the table below has the levels measured so far", flush=True)
 
-    print(f"\n{args.requests_per_client} requests per client, {args.max_tokens} output tokens each "
-          f"(ignore_eos, temperature 0); prompt: {args.prompt!r}")  # fmt: skip
+    print(f"\n{args.requests_per_client} requests per client, max_tokens {args.max_tokens} (with ignore_eos where the "
+          f"server takes it), temperature 0; prompt: {args.prompt!r}")  # fmt: skip
     for r in rows:
         if r["errors"]:
             print(f"{r['server']} at {r['clients']} clients: {len(r['errors'])} failed request(s): {r['errors'][0]}")
