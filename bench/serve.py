@@ -146,6 +146,9 @@ async def stream_chat(client: httpx.AsyncClient, url: str, payload: dict) -> Req
                 if data == "[DONE]":
                     break
                 event = json.loads(data)
+                if event.get("error"):
+                    result.error = f"error event in the stream: {json.dumps(event['error'])[:300]}"
+                    return result
                 if event.get("usage"):
                     usage = event["usage"]
                 choices = event.get("choices") or []

@@ -33,8 +33,9 @@ bench = _load_bench()
 class StandIn:
     """An OpenAI-style streaming chat server: `tokens` chunks, the first after `first_delay`, then every `delay`."""
 
-    def __init__(self, tokens=5, first_delay=0.05, delay=0.02, usage=True, status=200):
+    def __init__(self, tokens=5, first_delay=0.05, delay=0.02, usage=True, status=200, error_after=None):
         self.tokens, self.first_delay, self.delay, self.usage, self.status = tokens, first_delay, delay, usage, status
+        self.error_after = error_after
         self.active = self.max_active = self.requests = 0
         self.payloads = []
         self.lock = threading.Lock()
@@ -79,6 +80,9 @@ class StandIn:
 
         send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
         for i in range(self.tokens):
+            if i == self.error_after:
+                send({"error": {"message": "engine died", "type": "InternalServerError", "code": 500}})
+                return
             time.sleep(self.first_delay if i == 0 else self.delay)
             send({"choices": [{"index": 0, "delta": {"content": f" t{i}"}}]})
         send({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
@@ -122,6 +126,10 @@ def test_without_usage_the_chunks_are_counted_and_errors_are_reported():
         results, wall = asyncio.run(bench.run_level(server.url, "m", 2, 1, 8, "hello"))
     row = bench.summarize(results, wall, 8)
     assert row["tokens"] == 0 and len(row["errors"]) == 2 and row["errors"][0].startswith("HTTP 400")
+    with StandIn(tokens=4, error_after=2) as server:  # an error event in the middle of the stream
+        results, wall = asyncio.run(bench.run_level(server.url, "m", 1, 1, 4, "hello"))
+    row = bench.summarize(results, wall, 4)
+    assert row["tokens"] == 0 and "engine died" in row["errors"][0]
 
 
 def test_percentile_matches_numpy():
