@@ -142,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--quantization",
         type=str,
-        choices=("int8", "int4"),
-        help="quantize the linear layers for inference: int8 per channel or int4 in groups of 32 "
-        "(model.model_config.quantization_config)",
+        choices=("int8", "int4", "gguf"),
+        help="quantize the linear layers for inference: int8 per channel or int4 in groups of 32; gguf keeps "
+        "a .gguf load_checkpoint's quantized blocks (model.model_config.quantization_config)",
     )
     add(
         "--trust_remote_code",

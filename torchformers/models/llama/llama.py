@@ -243,7 +243,8 @@ class LlamaForCausalLM(PretrainedModel):
         self.model.freqs_mgr = FreqsMgr(self.config).to(device)
 
     def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
+        # (a quantized head, swapped in for inference, holds its own integers: nothing to tie)
+        if self.config.tie_word_embeddings and type(self.lm_head) is nn.Linear:
             self.lm_head.weight = self.model.tok_embeddings.embedding_weight
 
     def _init_weights(self, module: nn.Module) -> None:
