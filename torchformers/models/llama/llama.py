@@ -357,7 +357,7 @@ class LlamaForCausalLM(PretrainedModel):
     def setup_kv_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None) -> None:
         """Allocate a static KV cache of `max_length` slots per layer (replacing any previous one), kept in
         the model's generation state for `forward_with_cache`."""
-        device = self.model.tok_embeddings.embedding_weight.device
+        device = self.model.norm_out.weight.device  # (a float tensor in any model, quantized ones too)
         dtype = dtype or self.config.compute_dtype
         state = generation_state(self)
         state.kv_caches = [
