@@ -100,9 +100,13 @@ def test_layers_from_blocks_compute_the_dequantized_product(kind, kernel_dtype):
         torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6 * magnitude)
     else:
         assert (got.double() - want).abs().max() <= 1.5e-2 * want.abs().max()
-    if kind == "Q8_0":
-        ids = torch.tensor([3, 0, 39, 3])
-        torch.testing.assert_close(layer.rows(ids).double(), reference[ids], rtol=1e-6, atol=1e-7)
+    # rows read back from the kernel layout (the layer released its portable tensors when it ran)
+    ids = torch.tensor([3, 0, 39, 3, 17])
+    rows = layer.rows(ids).double()
+    if kernel_dtype == torch.float32:
+        torch.testing.assert_close(rows, reference[ids], rtol=1e-6, atol=_ulps(reference))
+    else:  # scales and zero points rounded to bf16, as the layer computes
+        assert (rows - reference[ids]).abs().max() <= 2e-2 * reference.abs().max()
 
 
 def test_from_groups_refuses_widths_that_are_not_whole_groups():
@@ -128,8 +132,9 @@ def test_int4_layer_holds_one_copy_and_saves_what_it_computes_with(shape):
     x = torch.randn(2, k)
     y = layer(x)
     assert all(getattr(layer, name).is_meta for name in Int4WeightOnlyLinear._PORTABLE)
-    n16, k32 = -(-n // 16) * 16, -(-k // 32) * 32
-    assert _held(layer) == n16 * k32 // 2 + n16 * (k32 // 32) * 2 * 4  # packed nibbles + fp32 scales and zeros
+    rows, k32 = layer._int4_packed.shape[0], -(-k // 32) * 32  # rows: N padded to the kernel's blocks of rows
+    assert n <= rows < n + 64
+    assert _held(layer) == rows * k32 // 2 + rows * (k32 // 32) * 2 * 4  # packed nibbles + fp32 scales and zeros
     after = layer.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
     # a bf16 kernel computes (and saves) bf16 scales and zero points

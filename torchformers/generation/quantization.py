@@ -252,6 +252,38 @@ def _quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scales
 
 
+_ROW_LAYOUTS: dict[int, tuple[int, torch.Tensor]] = {}
+
+
+def _kernel_row_layout(k: int) -> tuple[int, torch.Tensor]:
+    """Where `_convert_weight_to_int4pack_for_cpu` puts the weights of a row: `(B, where)`, the kernel
+    layout being blocks of B rows (B = 32 on AVX2, 64 on AVX-512), `where[r, k]` the nibble offset of
+    weight (r, k) within its block (byte = offset // 2, high nibble when odd). Found by packing probes
+    whose values spell each weight's index in base 16, and checked on random weights; per K, cached."""
+    if k not in _ROW_LAYOUTS:
+        rows = 128
+        index = torch.arange(rows * k).reshape(rows, k)
+        source = torch.zeros(rows * k, dtype=torch.int64)
+        for digit in range(-(-int(rows * k - 1).bit_length() // 4)):
+            probe = ((index >> (4 * digit)) & 0xF).to(torch.int32)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe.contiguous(), 8)
+            nibbles = torch.stack([packed & 0xF, packed >> 4], -1).reshape(-1).to(torch.int64)
+            source += nibbles << (4 * digit)
+        where = torch.empty_like(source)
+        where[source] = torch.arange(rows * k)
+        where = where.reshape(rows, k)
+        block = next(b for b in (16, 32, 64, 128) if b == rows or torch.equal(where[b:], where[:-b] + b * k))
+        q = torch.randint(0, 16, (3 * block, k), dtype=torch.int32, generator=torch.Generator().manual_seed(k))
+        flat = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 8).reshape(-1)
+        ids = torch.arange(3 * block)
+        nibble = (ids // block)[:, None] * (block * k) + where[ids % block]
+        got = torch.where(nibble % 2 == 1, flat[nibble // 2] >> 4, flat[nibble // 2] & 0xF)
+        if not torch.equal(got.to(torch.int32), q):
+            raise RuntimeError("the int4 kernel's weight layout is not made of blocks of rows; cannot read rows back")
+        _ROW_LAYOUTS[k] = (block, where[:block].clone())
+    return _ROW_LAYOUTS[k]
+
+
 def _bias(bias: torch.Tensor | None) -> nn.Parameter | None:
     return None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
@@ -395,7 +427,10 @@ class Int4WeightOnlyLinear(_QuantLinear):
         return any(getattr(self, name).is_meta for name in self._PORTABLE)
 
     def _n_pad(self) -> int:
-        return -(-self.out_features // 16) * 16 - self.out_features
+        """Rows added for the kernel: N rounded up to its blocks of rows (a multiple of 16), so that every
+        block is whole and `rows` can read any row back."""
+        block = max(16, _kernel_row_layout(self.weight_int4.shape[1] * 2)[0])
+        return -(-self.out_features // block) * block - self.out_features
 
     def _q_from_kernel(self) -> torch.Tensor:
         """(N, K_pad) int32 read back from the kernel layout: the kernel applied to the identity with
@@ -446,6 +481,23 @@ class Int4WeightOnlyLinear(_QuantLinear):
             for name in self._PORTABLE:  # one copy of the weights: the kernel's
                 setattr(self, name, torch.empty_like(getattr(self, name), device="meta"))
         return self._int4_packed, self._int4_sz
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` (M,) of the float weight, (M, K) fp32, read without unpacking the whole layer (an
+        embedding lookup)."""
+        if not self._released():
+            q, scale, zero = self._state()
+            q, scale, zero = q[ids], scale[ids], zero[ids]
+        else:
+            k_pad = self.weight_int4.shape[1] * 2
+            block, where = _kernel_row_layout(k_pad)
+            nibble = (ids // block)[:, None] * (block * k_pad) + where[ids % block]  # (M, K_pad)
+            byte = self._int4_packed.reshape(-1)[nibble // 2]
+            q = torch.where(nibble % 2 == 1, byte >> 4, byte & 0xF)
+            scale, zero = (self._int4_sz[:, ids, i].t().float() for i in (0, 1))
+        g = self.group_size
+        w = (q.float() - 8) * scale.repeat_interleave(g, 1) + zero.repeat_interleave(g, 1)
+        return w[:, : self.in_features]
 
     def _unpacked(self) -> torch.Tensor:
         """(N, K_pad) int32 in 0..15."""
@@ -500,15 +552,15 @@ class Int4WeightOnlyLinear(_QuantLinear):
 
 class Int8GroupedLinear(_QuantLinear):
     """`y = x W^T + b` with `W = q * scale`, int8 `q` and one scale per group of `group_size` input columns
-    (GGUF's Q8_0: groups of 32, symmetric). Used for GGUF files kept quantized; its rows also serve as
-    the token embeddings (`rows`).
+    (GGUF's Q8_0: groups of 32, symmetric), computed exactly on the int4 kernel as two 4-bit halves.
 
-    Buffers: `weight_int8` (K / g, N, g) int8, group-major so that each group's (N, g) block is one
-    contiguous matrix for `torch.ops.aten._weight_int8pack_mm` (one call per group, the partial
-    products summed in fp32); `weight_scale` (K / g, N) fp32.
+    PyTorch's int8 CPU kernel takes one scale per output channel only (and is slower than its int4
+    kernel), so each 8-bit value is split: `q + 128 = 16·h + l` with `h, l` in 0..15, and
+    `W = 16·scale·(h − 8) + scale·l`. The layer holds one `Int4WeightOnlyLinear` (`int4`) over
+    `[x, x]` (2K inputs): the `h` half with scales `16·scale` and zero points 0, the `l` half with
+    scales `scale` and zero points `8·scale`; both are exact. One byte a weight, as int8. Its rows
+    also serve as the token embeddings (`rows`).
     """
-
-    kernel_dtype: torch.dtype | None = None
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None, group_size: int = 32):
         n, k = q.shape
@@ -519,44 +571,34 @@ class Int8GroupedLinear(_QuantLinear):
             )
         super().__init__(k, n, bias)
         self.group_size = group_size
-        self.register_buffer("weight_int8", q.to(torch.int8).reshape(n, -1, group_size).transpose(0, 1).contiguous())
-        self.register_buffer("weight_scale", scale.float().t().contiguous())
-        self._scale_cache: tuple | None = None
+        u = q.to(torch.int32) + 128
+        scale = scale.float()
+        self.int4 = Int4WeightOnlyLinear.from_groups(
+            torch.cat([u >> 4, u & 0xF], 1),
+            torch.cat([16 * scale, scale], 1),
+            torch.cat([torch.zeros_like(scale), 8 * scale], 1),
+            group_size=group_size,
+        )
 
-    def _scales(self, dtype: torch.dtype) -> torch.Tensor:
-        if dtype == self.weight_scale.dtype:
-            return self.weight_scale
-        key = (dtype, self.weight_scale._version, self.weight_scale.data_ptr())
-        if self._scale_cache is None or self._scale_cache[0] != key:
-            self._scale_cache = (key, self.weight_scale.to(dtype))
-        return self._scale_cache[1]
+    @property
+    def kernel_dtype(self) -> torch.dtype | None:
+        return self.int4.kernel_dtype
+
+    @kernel_dtype.setter
+    def kernel_dtype(self, dtype: torch.dtype | None) -> None:
+        self.int4.kernel_dtype = dtype
 
     def dequantize(self) -> torch.Tensor:
-        w = self.weight_int8.float() * self.weight_scale[..., None]  # (G, N, g)
-        return w.transpose(0, 1).reshape(self.out_features, self.in_features)
+        w = self.int4.dequantize()
+        return w[:, : self.in_features] + w[:, self.in_features :]
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` (M,) of the float weight, (M, K) fp32: an embedding lookup."""
-        w = self.weight_int8[:, ids].float() * self.weight_scale[:, ids, None]  # (G, M, g)
-        return w.transpose(0, 1).reshape(ids.shape[0], self.in_features)
+        w = self.int4.rows(ids)
+        return w[:, : self.in_features] + w[:, self.in_features :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        g = self.group_size
-        if x.device.type == "cpu" and g % 8 == 0:
-            dtype = self.kernel_dtype or _CPU_KERNEL_DTYPE
-            xb, scales = x2.to(dtype), self._scales(dtype)
-            y = None
-            for i in range(self.weight_int8.shape[0]):
-                part = torch.ops.aten._weight_int8pack_mm(
-                    xb[:, i * g : (i + 1) * g].contiguous(), self.weight_int8[i], scales[i]
-                )
-                y = part.float() if y is None else y.add_(part)
-            y = y.to(x.dtype)
-        else:
-            y = F.linear(x2, self.dequantize().to(x.dtype))
-        return self._finish(y.reshape(*shape, self.out_features))
+        return self._finish(self.int4(torch.cat([x, x], -1)))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, group_size={self.group_size}"
