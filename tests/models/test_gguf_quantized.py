@@ -263,3 +263,32 @@ def test_gguf_settings_and_refusals():
     with pytest.raises(ConfigError, match="gguf"):
         quantize_model(nn.Sequential(nn.Linear(4, 4)), settings)
     assert quantization.QuantizationSettings.from_metadata(settings.to_metadata()) == settings
+
+
+def test_launcher_loads_a_gguf_checkpoint_kept_quantized(tmp_path):
+    from pathlib import Path
+
+    from torchformers.cli import config_from_args
+    from torchformers.trainer.base_trainer import CausalLanguageModelingTrainer
+
+    path = tmp_path / "tiny.gguf"
+    _write_gguf(path, {"embed": "Q8_0", "attn": "Q4_1", "ffn": "Q4_0"}, tied=True)
+    tiny = Path(__file__).parents[2] / "configs" / "tiny" / "predict_llama_tiny.yaml"
+    sizes = {**{k: v for k, v in CONFIG.items() if "dtype" not in k and "type" not in k}, "tie_word_embeddings": True}
+
+    def config(checkpoint):
+        argv = ["--config", str(tiny), "--load_checkpoint", str(checkpoint), "--quantization", "gguf"]
+        for key, value in sizes.items():
+            argv += [f"--model.model_config.{key}", str(value)]
+        return config_from_args(argv)
+
+    model = CausalLanguageModelingTrainer().build_network(config(path))
+    assert isinstance(model.lm_head, Int8GroupedLinear) and isinstance(model.model.layers[0].attention.wq,
+                                                                         Int4WeightOnlyLinear)  # fmt: skip
+    expected = LlamaForCausalLM(model.config)  # the YAML's config, filled by the loader directly
+    load_gguf_quantized(expected, path)
+    with torch.no_grad():
+        assert torch.equal(model(IDS), expected(IDS))
+    (tmp_path / "float.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="expected a .gguf file"):
+        CausalLanguageModelingTrainer().build_network(config(tmp_path / "float.safetensors"))
