@@ -432,18 +432,18 @@ class Int4WeightOnlyLinear(_QuantLinear):
         block = max(16, _kernel_row_layout(self.weight_int4.shape[1] * 2)[0])
         return -(-self.out_features // block) * block - self.out_features
 
-    def _q_from_kernel(self) -> torch.Tensor:
-        """(N, K_pad) int32 read back from the kernel layout: the kernel applied to the identity with
-        scale 1 and zero point 8 gives each stored integer exactly."""
-        packed, sz = self._int4_packed, self._int4_sz
+    def _q_from_kernel(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, K_pad) int32: rows `ids` (default: all N) read back from the kernel layout."""
         k_pad = self.weight_int4.shape[1] * 2
-        unit = torch.stack([torch.ones_like(sz[..., 0]), torch.full_like(sz[..., 0], 8)], -1)
-        eye = torch.eye(k_pad, dtype=sz.dtype)
-        rows = [
-            torch.ops.aten._weight_int4pack_mm_for_cpu(eye[i : i + 256].contiguous(), packed, self.group_size, unit)
-            for i in range(0, k_pad, 256)
-        ]
-        return torch.cat(rows).t()[: self.out_features].round().to(torch.int32)
+        block, where = _kernel_row_layout(k_pad)
+        flat = self._int4_packed.reshape(-1)
+        ids = torch.arange(self.out_features) if ids is None else ids
+        out = []
+        for part in ids.split(4096):  # bounded index tensors
+            nibble = (part // block)[:, None] * (block * k_pad) + where[part % block]  # (M, K_pad)
+            byte = flat[nibble // 2]
+            out.append(torch.where(nibble % 2 == 1, byte >> 4, byte & 0xF).to(torch.int32))
+        return torch.cat(out) if out else torch.empty(0, k_pad, dtype=torch.int32)
 
     def _state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(q (N, K_pad) int32 in 0..15, scale, zero (N, K_pad / g) fp32)`, from the portable tensors
@@ -489,11 +489,7 @@ class Int4WeightOnlyLinear(_QuantLinear):
             q, scale, zero = self._state()
             q, scale, zero = q[ids], scale[ids], zero[ids]
         else:
-            k_pad = self.weight_int4.shape[1] * 2
-            block, where = _kernel_row_layout(k_pad)
-            nibble = (ids // block)[:, None] * (block * k_pad) + where[ids % block]  # (M, K_pad)
-            byte = self._int4_packed.reshape(-1)[nibble // 2]
-            q = torch.where(nibble % 2 == 1, byte >> 4, byte & 0xF)
+            q = self._q_from_kernel(ids)
             scale, zero = (self._int4_sz[:, ids, i].t().float() for i in (0, 1))
         g = self.group_size
         w = (q.float() - 8) * scale.repeat_interleave(g, 1) + zero.repeat_interleave(g, 1)
