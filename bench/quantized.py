@@ -1,115 +1,128 @@
-"""Batch-1 decode speed and perplexity of quantized variants of a real checkpoint, side by side.
+"""Decode speed of the quantized variants of a real checkpoint, and llama.cpp on the same GGUF file, in one run.
 
-Variants: fp32 (prepacked, predict's default), int8, int4 in groups of 32 (also with `lm_head` kept
-fp32) and 128, and W8A8 (MindFormers' `smooth_quant` with identity smoothing). Each is built from the
-same checkpoint with `quantize_model` and then `prepare_for_cpu_inference`; decode tokens/s use
-`bench/generate.py`'s `measure` (prefill + one token against prefill + N tokens), the variants
-interleaved over `--rounds` rounds with the best round kept, so a noisy machine slows them alike.
-Perplexity is over the first `--ppl-tokens` tokens of the project's Wikipedia text.
+Variants: fp32 (prepacked, predict's default), bf16, int8, int4 in groups of 32 (both round-to-nearest
+from the fp32 weights), and the GGUF file kept quantized (`quant_method: gguf`: SmolLM2's Q4_1 blocks
+as int4, its Q8_0 embedding / head as int8), built as `bench/quality.py` builds them. Each is timed
+with `bench/generate.py`'s `measure` (prefill + one token against prefill + N tokens, greedy), the
+variants interleaved over `--rounds` rounds with the best round kept, so that a busy machine slows them
+alike; batch 1 and batch 8 (aggregate tokens/s over the batch).
 
-    python scripts/prepare_smollm2.py --output_dir /tmp/smol
-    PYTHONPATH=. python bench/quantized.py --model_dir /tmp/smol --threads 1
+With `--llama-python` (an interpreter with `llama-cpp-python`, see docs/performance_tuning.md; by
+default `/work/llamaenv/bin/python` where it exists), llama.cpp runs `bench/llama_cpp_decode.py` as a
+subprocess on the same GGUF file, the same prompt, thread count and number of new tokens, greedy,
+batch 1, once per round. Perplexity is `bench/quality.py`'s job.
+
+    python scripts/prepare_smollm2.py
+    PYTHONPATH=. python bench/quantized.py --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate import measure  # noqa: E402
-
-from torchformers.checkpoint.loader import load_weights  # noqa: E402
-from torchformers.generation import prepare_for_cpu_inference  # noqa: E402
-from torchformers.generation.quantization import QuantizationSettings, quantize_model  # noqa: E402
-from torchformers.models import LlamaConfig, LlamaForCausalLM  # noqa: E402
-from torchformers.tools.assets import fetch  # noqa: E402
+from quality import gguf_path, held_mib, load_variant  # noqa: E402
 
 VARIANTS = {
-    "fp32 (prepacked)": None,
-    "int8": QuantizationSettings("int8"),
-    "int4 g32": QuantizationSettings("int4", 32, quant_method="int4"),
-    "int4 g32, lm_head fp32": QuantizationSettings("int4", 32, None, ("lm_head",), "int4"),
-    "int4 g128": QuantizationSettings("int4", 128, quant_method="int4"),
-    "w8a8 (smooth_quant)": QuantizationSettings("int8", activation="int8", quant_method="smooth_quant"),
+    "fp32 (prepacked)": "fp32",
+    "bf16": "bf16",
+    "int8": "int8",
+    "int4 g32": "int4-g32",
+    "int4 from GGUF Q4_1": "gguf",
 }
+LLAMA_PYTHON = "/work/llamaenv/bin/python"
 
 
-def held_mib(model: torch.nn.Module) -> float:
-    """Parameters, buffers and packed copies (oneDNN's and the int4 kernel's), each storage once."""
-    seen, total = set(), 0
-    tensors = list(model.parameters()) + list(model.buffers())
-    for module in model.modules():
-        if getattr(module, "packed_weight", None) is not None:
-            tensors.append(module.packed_weight)
-        cached = getattr(module, "_packed", None)
-        if cached:
-            tensors += [t for t in cached if isinstance(t, torch.Tensor)]
-    for t in tensors:
-        key = t.data_ptr() if t.layout == torch.strided else id(t)  # oneDNN's packed weights are opaque
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * t.element_size()
-    return total / 2**20
+def llama_cpp(python: str, gguf: Path, threads: int, prompt: list[int], new_tokens: int) -> dict | None:
+    script = Path(__file__).resolve().parent / "llama_cpp_decode.py"
+    cmd = [python, str(script), "--model", str(gguf), "--threads", str(threads), "--prompt",
+           ",".join(map(str, prompt)), "--new-tokens", str(new_tokens), "--repeats", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        print(f"llama.cpp not run ({python}): {result.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", required=True, help="folder with config.json, tokenizer.json and one .safetensors")
+    p.add_argument("--model_dir", default="checkpoint_download/smollm2")
+    p.add_argument("--gguf", default="smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--new-tokens", type=int, default=24)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--ppl-tokens", type=int, default=256)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--batch-sizes", default="1,8")
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of the table's rows")
+    p.add_argument("--llama-python", default=LLAMA_PYTHON if Path(LLAMA_PYTHON).exists() else None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from tokenizers import Tokenizer
-
+    threads = torch.get_num_threads()
     folder = Path(args.model_dir)
-    weights = next(folder.glob("*.safetensors"))
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    text = fetch("text/wiki.utf8").read_text()[: 100 * args.ppl_tokens]
-    eval_ids = torch.tensor([tokenizer.encode(text).ids[: args.ppl_tokens + 1]])
+    gguf = gguf_path(args.gguf)
 
-    models = {}
-    for name, settings in VARIANTS.items():
-        model = LlamaForCausalLM(LlamaConfig.from_pretrained(folder)).eval()
-        load_weights(model, weights)
-        if settings is not None:
-            quantize_model(model, settings)
-        models[name] = prepare_for_cpu_inference(model)
-    vocab = models["int8"].config.vocab_size
-    prompt = torch.randint(3, vocab, (1, args.prompt_len), generator=torch.Generator().manual_seed(1)).tolist()
+    models = {name: load_variant(VARIANTS[name], folder, str(gguf)) for name in args.variants.split(",")}
+    vocab = next(iter(models.values())).config.vocab_size
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    prompts = {
+        b: torch.randint(3, vocab, (b, args.prompt_len), generator=torch.Generator().manual_seed(b)).tolist()
+        for b in batches
+    }
 
-    info, best = {}, {}
+    best: dict[tuple[str, int], dict] = {}
     with torch.inference_mode():
-        for name, model in models.items():
-            nll = F.cross_entropy(model(eval_ids[:, :-1])[0].float(), eval_ids[0, 1:])
-            info[name] = (nll.exp().item(), held_mib(model))
         for _ in range(args.rounds):
-            for name, model in models.items():
+            for batch in batches:
+                for name, model in models.items():
 
-                def run(n, model=model):
-                    out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=2)
-                    return [o[args.prompt_len :].tolist() for o in out]
+                    def run(n, model=model, prompt=prompts[batch]):
+                        out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                             eos_token_id=2)  # fmt: skip
+                        return [o[args.prompt_len :].tolist() for o in out]
 
-                r = measure(name, run, 1, args.prompt_len, args.new_tokens, 1)
-                if name not in best or r["decode_tps"] > best[name]["decode_tps"]:
-                    best[name] = r
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {weights.name}")
-    ref = best["fp32 (prepacked)"]
-    print(f"{'variant':26s} {'decode tok/s':>12s} {'vs fp32':>8s} {'weights MiB':>11s} {'perplexity':>10s} same tokens")
-    for name, r in best.items():
-        same = sum(a == b for a, b in zip(r["rows"][0], ref["rows"][0]))
-        ppl, mib = info[name]
-        print(f"{name:26s} {r['decode_tps']:12.1f} {r['decode_tps'] / ref['decode_tps']:7.2f}x {mib:11.0f} "
-              f"{ppl:10.3f} {same}/{args.new_tokens}")  # fmt: skip
+                    r = measure(name, run, batch, args.prompt_len, args.new_tokens, 1)
+                    if (name, batch) not in best or r["decode_tps"] > best[(name, batch)]["decode_tps"]:
+                        best[(name, batch)] = r
+            if args.llama_python and 1 in batches:
+                r = llama_cpp(args.llama_python, gguf, threads, prompts[1][0], args.new_tokens)
+                if r is None:
+                    args.llama_python = None
+                    continue
+                r.update(name=f"llama.cpp {r.pop('version')} (same GGUF)", batch=1, rows=[r.pop("tokens")])
+                key = ("llama.cpp", 1)
+                if key not in best or r["decode_tps"] > best[key]["decode_tps"]:
+                    best[key] = r
+
+    print(f"torch {torch.__version__}, threads {threads}, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
+          f"greedy, best of {args.rounds} rounds, {gguf.name}")  # fmt: skip
+    first = next(iter(models))
+    print(f"{'variant':36s} {'batch':>5s} {'decode tok/s':>12s} {'vs fp32':>8s} {'weights MiB':>11s} same tokens")
+    for batch in batches:
+        ref = best[(first, batch)]
+        for (name, b), r in best.items():
+            if b != batch:
+                continue
+            same = sum(a == c for a, c in zip(r["rows"][0], ref["rows"][0]))
+            mib = f"{held_mib(models[name]):11.0f}" if name in models else f"{'':11s}"
+            print(f"{r['name']:36s} {batch:5d} {r['decode_tps']:12.1f} {r['decode_tps'] / ref['decode_tps']:7.2f}x "
+                  f"{mib} {same}/{len(ref['rows'][0])}")  # fmt: skip
+    if ("llama.cpp", 1) in best and ("int4 from GGUF Q4_1", 1) in best:
+        ours, theirs = best[("int4 from GGUF Q4_1", 1)], best[("llama.cpp", 1)]
+        same = sum(a == c for a, c in zip(ours["rows"][0], theirs["rows"][0]))
+        print(f"\nint4 from GGUF / llama.cpp decode, batch 1: {ours['decode_tps'] / theirs['decode_tps']:.2f}x "
+              f"({ours['decode_tps']:.1f} vs {theirs['decode_tps']:.1f} tok/s); greedy tokens equal: "
+              f"{same}/{len(ours['rows'][0])}")  # fmt: skip
 
 
 if __name__ == "__main__":

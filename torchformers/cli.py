@@ -142,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--quantization",
         type=str,
-        choices=("int8", "int4"),
-        help="quantize the linear layers for inference: int8 per channel or int4 in groups of 32 "
-        "(model.model_config.quantization_config)",
+        choices=("int8", "int4", "gguf"),
+        help="quantize the linear layers for inference: int8 per channel or int4 in groups of 32; gguf keeps "
+        "a .gguf load_checkpoint's quantized blocks (model.model_config.quantization_config)",
     )
     add("--host", type=str, help="run_mode serve: address to listen on (serve.host, default 127.0.0.1)")
     add("--port", type=int, help="run_mode serve: port to listen on (serve.port, default 8000)")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from torchformers.checkpoint.errors import CheckpointError
+from torchformers.checkpoint.gguf_blocks import GGUFBlocks
 from torchformers.checkpoint.key_map import KeyMap, KeyMapError
 from torchformers.tools.register import MindFormerRegister, ModelSpec
 
@@ -140,8 +141,13 @@ def gguf_specs(path: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]
     return specs
 
 
-def iter_gguf(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield `(Hugging Face name, tensor)` per GGUF tensor: dequantized, q/k rows back in rotate-half order."""
+def iter_gguf(
+    path: str | Path, keep_quantized: tuple[str, ...] = ()
+) -> Iterator[tuple[str, torch.Tensor | GGUFBlocks]]:
+    """Yield `(Hugging Face name, tensor)` per GGUF tensor: dequantized, q/k rows back in rotate-half order.
+
+    A 2-D tensor whose ggml type is in `keep_quantized` (e.g. `("Q4_1", "Q8_0")`) comes as its
+    `GGUFBlocks` instead (rows reordered the same way), for layers that compute on the blocks."""
     from gguf.quants import dequantize  # start-up time, as in _reader
 
     path = Path(path)
@@ -155,6 +161,17 @@ def iter_gguf(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
             continue
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         kind = t.tensor_type.name
+        heads = None
+        if arch.permuted_qk and t.name.endswith("attn_q.weight"):
+            heads = n_head
+        elif arch.permuted_qk and t.name.endswith("attn_k.weight"):
+            heads = n_kv
+        if kind in keep_quantized and len(shape) == 2:
+            blocks = GGUFBlocks(kind, shape, t.data)
+            if heads is not None:
+                blocks = blocks.take_rows(unpermute_qk(torch.arange(shape[0])[:, None], heads)[:, 0])
+            yield hf, blocks
+            continue
         try:
             if kind in _KEEP_TYPES:
                 array = np.array(t.data).reshape(shape)
@@ -163,10 +180,8 @@ def iter_gguf(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
         except (NotImplementedError, ValueError) as exc:
             raise CheckpointError(path, f"cannot dequantize GGUF type {kind} ({exc})", tensor=t.name) from None
         tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if arch.permuted_qk and t.name.endswith("attn_q.weight"):
-            tensor = unpermute_qk(tensor, n_head)
-        elif arch.permuted_qk and t.name.endswith("attn_k.weight"):
-            tensor = unpermute_qk(tensor, n_kv)
+        if heads is not None:
+            tensor = unpermute_qk(tensor, heads)
         yield hf, tensor
 
 

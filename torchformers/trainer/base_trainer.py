@@ -32,6 +32,7 @@ from torchformers.assets import cache_dir
 from torchformers.checkpoint.loader import load_state_into, load_weights, resolve_weights_path
 from torchformers.errors import ConfigError
 from torchformers.generation import prepare_for_cpu_inference
+from torchformers.generation.gguf_quantized import load_gguf_quantized
 from torchformers.generation.quantization import quantization_of_file, quantization_settings, quantize_model
 from torchformers.parallel import parallel_dims_from_config, parallelize_model
 from torchformers.parallel.activation_checkpoint import apply_activation_checkpointing
@@ -193,6 +194,28 @@ def _quantization(config, training: bool):
     return settings
 
 
+def _gguf_network(config, checkpoint, quantization, pet: bool) -> nn.Module:
+    """`quant_method: gguf`: the model built on the meta device and filled from the GGUF file's blocks
+    (`load_gguf_quantized`), so no float copy of the quantized weights is ever made."""
+    source = f"{config.source_file}: model.model_config.quantization_config"
+    weights = resolve_weights_path(checkpoint) if checkpoint else None
+    if weights is None or weights.suffix != ".gguf":
+        raise ConfigError(
+            f"{source}: quant_method gguf keeps a GGUF file's quantized blocks; load_checkpoint is {checkpoint!r}, "
+            "expected a .gguf file"
+        )
+    if pet:
+        raise ConfigError(f"{source}: quant_method gguf runs the file's model as is; remove pet_config")
+    with torch.device("meta"):
+        model = build_model(config.model)
+    load_gguf_quantized(model, weights, quantization.torch_kernel_dtype())
+    logger.info("loaded checkpoint %s kept quantized (%s)", checkpoint, quantization.describe())
+    device = getattr(config, "device", None)
+    if device is not None and torch.device(device).type != "cpu":
+        model.to(device)
+    return model
+
+
 def _named_checkpoint(config) -> str | None:
     """`model.model_config.checkpoint_name_or_path`: a path, or a model name (MindFormers downloads those, e.g.
     'llama2_7b') that resolves to the folder `$TORCHFORMERS_HOME/<name>` when there is one."""
@@ -289,8 +312,10 @@ class BaseTrainer:
                 "(remove pet_config to run the base model)"
             )
         quantization = _quantization(config, training=config.run_mode in ("train", "finetune"))
-        model = build_model(config.model)
         checkpoint = checkpoint or config.get("load_checkpoint") or _named_checkpoint(config)
+        if quantization is not None and quantization.weight == "gguf":
+            return _gguf_network(config, checkpoint, quantization, pet or slora)
+        model = build_model(config.model)
         if checkpoint:
             strategy = _source_strategy(config)
             weights_file = resolve_weights_path(checkpoint)  # MindFormers' layouts: rank_N/, a bare name, ...

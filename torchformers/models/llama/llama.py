@@ -247,7 +247,8 @@ class LlamaForCausalLM(PretrainedModel):
         self.model.freqs_mgr = FreqsMgr(self.config).to(device)
 
     def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
+        # (a quantized head, swapped in for inference, holds its own integers: nothing to tie)
+        if self.config.tie_word_embeddings and type(self.lm_head) is nn.Linear:
             self.lm_head.weight = self.model.tok_embeddings.embedding_weight
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -360,7 +361,7 @@ class LlamaForCausalLM(PretrainedModel):
     def setup_kv_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None) -> None:
         """Allocate a static KV cache of `max_length` slots per layer (replacing any previous one), kept in
         the model's generation state for `forward_with_cache`."""
-        device = self.model.tok_embeddings.embedding_weight.device
+        device = self.model.norm_out.weight.device  # (a float tensor in any model, quantized ones too)
         dtype = dtype or self.config.compute_dtype
         state = generation_state(self)
         state.kv_caches = [
