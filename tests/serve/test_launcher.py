@@ -84,6 +84,15 @@ def test_an_unknown_serve_key_is_a_config_error_naming_it(tiny_yaml, tmp_path):
         serve_settings(MindFormerConfig(str(_with_serve(tiny_yaml, tmp_path, {"port": "http"})), run_mode="serve"))
 
 
+def test_a_prefix_tuned_model_is_refused_before_it_is_built(tiny_yaml, tmp_path):
+    cfg = yaml.safe_load(tiny_yaml.read_text())
+    cfg["model"]["model_config"]["pet_config"] = {"pet_type": "ptuning2", "pre_seq_len": 4}
+    path = tmp_path / "ptuning2.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"ptuning2\.yaml.*pet_type is 'ptuning2'.*lora"):
+        build_engine(MindFormerConfig(str(path), run_mode="serve"))
+
+
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from torchformers.errors import ConfigError
 from torchformers.generation.engine import AsyncLLMEngine, LLMEngine
+from torchformers.pet import PREFIX_PET_TYPES
 from torchformers.serve.app import ServeSettings, build_app
 from torchformers.tools.logger import logger
 from torchformers.tools.register.build import build_trainer
@@ -134,6 +135,14 @@ def build_engine(config, settings: ServeSettings | None = None):
         raise ConfigError(
             f"{config.source_file}: the config needs a 'trainer' section with a 'type' "
             "(e.g. CausalLanguageModelingTrainer)"
+        )
+    pet_config = config.get_value("model.model_config.pet_config")
+    pet_type = pet_config.get("pet_type") if isinstance(pet_config, Mapping) else None
+    if pet_type in PREFIX_PET_TYPES:
+        raise ConfigError(
+            f"{config.source_file}: model.model_config.pet_config.pet_type is {pet_type!r}; the server's paged KV "
+            "cache has no room for learned prefixes, so prefix-tuned models are served only after predict "
+            "(run_mode predict) or with LoRA (pet_type lora)"
         )
     trainer = build_trainer(config.trainer)
     run_mode = config.run_mode
